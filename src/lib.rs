@@ -1,0 +1,12 @@
+//! colloquy — a real-time voice agent.
+//!
+//! # Layout
+//! The tree reads like the flow of one conversation:
+//! - [`frame`]: audio frames, control-plane events, clocks.
+//! - [`stt`], [`llm`], [`tts`]: the three model stages, each a trait with one
+//!   backend per file.
+
+pub mod frame;
+pub mod llm;
+pub mod stt;
+pub mod tts;

@@ -1,0 +1,64 @@
+//! Speech to text: the [`SpeechToText`] trait and its backends, one per file.
+//!
+//! # Invariants
+//! 1. Input is always 16 kHz mono PCM16 (the pipeline's format); backends
+//!    convert internally.
+//! 2. A backend is only called on audio the VAD judged to be speech (the turn
+//!    detector's utterances), so silence and noise are never transcribed.
+//! 3. A cancelled transcription returns [`SttError::Cancelled`] and leaves the
+//!    backend usable.
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+pub mod normalize;
+
+/// The text of one utterance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transcript {
+    /// The backend's text, as written (punctuation, digits).
+    pub text: String,
+}
+
+impl Transcript {
+    /// The text normalised for matching (see [`normalize::normalize`]).
+    pub fn normalized(&self) -> String {
+        normalize::normalize(&self.text)
+    }
+}
+
+/// Why a transcription failed. `retryable()` says whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SttError {
+    /// The model file is missing or unusable; retrying will not help.
+    #[error("speech-to-text model {model}: {reason} (fix: {hint})")]
+    Model {
+        model: String,
+        reason: String,
+        hint: String,
+    },
+    /// The audio cannot be transcribed (empty, too long); retrying will not help.
+    #[error("speech-to-text input: {0}")]
+    Input(String),
+    /// The backend failed this time (service error, engine error); a retry may help.
+    #[error("speech-to-text backend {backend}: {message}")]
+    Backend { backend: String, message: String },
+    /// The transcription was cancelled.
+    #[error("speech-to-text cancelled")]
+    Cancelled,
+}
+
+/// A speech recogniser.
+#[async_trait]
+pub trait SpeechToText: Send + Sync {
+    /// Short name for logs and events (`whisper-tiny.en`, `openai:whisper-1`).
+    fn name(&self) -> &str;
+
+    /// Transcribes one utterance of 16 kHz mono PCM16 (holds invariant 1).
+    async fn transcribe(
+        &self,
+        audio: &[i16],
+        cancel: &CancellationToken,
+    ) -> Result<Transcript, SttError>;
+}
