@@ -3,10 +3,22 @@
 //! # Layout
 //! The tree reads like the flow of one conversation:
 //! - [`frame`]: audio frames, control-plane events, clocks.
+//! - [`audio`]: lock-free rings, edge resampling, frame assembly, WAV files.
+//! - [`vad`]: voice activity backends and the turn-taking state machine.
+//! - [`session`]: one conversation's data plane feeding the coordinator.
+//! - [`turn`]: the turn coordinator (epochs, staging, commit, barge-in) and playout.
+//! - [`agent`]: what answers a turn (parrot, voice = STT → LLM → TTS).
 //! - [`stt`], [`llm`], [`tts`]: the three model stages, each a trait with one
 //!   backend per file.
+//! - [`transport`]: file replay (and, later, WebSocket and local devices).
 
+pub mod agent;
+pub mod audio;
 pub mod frame;
 pub mod llm;
+pub mod session;
 pub mod stt;
+pub mod transport;
 pub mod tts;
+pub mod turn;
+pub mod vad;

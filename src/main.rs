@@ -1,1 +1,192 @@
-fn main() {}
+//! The `colloquy` binary: a thin CLI over the library.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or input.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use colloquy::agent::{parrot::ParrotAgent, Agent};
+use colloquy::session::SessionConfig;
+use colloquy::transport::file::{replay, Pace, ReplayOptions};
+use colloquy::vad::VadKind;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "colloquy",
+    version,
+    about = "A real-time voice agent you can interrupt."
+)]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `info`, `colloquy=debug`.
+    #[arg(long, global = true, env = "COLLOQUY_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum AgentKind {
+    /// Speaks your words back (no models; audio-path diagnostic).
+    Parrot,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct PipelineArgs {
+    /// Who answers.
+    #[arg(long, value_enum, default_value = "parrot")]
+    agent: AgentKind,
+    /// Voice activity detector.
+    #[arg(long, value_enum, default_value_t = VadKind::default())]
+    vad: VadKind,
+    /// Silence that ends your turn (ms).
+    #[arg(long)]
+    endpoint_ms: Option<u64>,
+    /// Speech over the bot needed to interrupt it (ms).
+    #[arg(long)]
+    interrupt_ms: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Replay a WAV through the whole pipeline; write the conversation.
+    Replay {
+        /// Input WAV (any rate, channels, 8/16/24/32-bit or float).
+        input: PathBuf,
+        /// Stereo timeline WAV to write (left = you, right = bot).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// JSONL event log to write (one event a line, times in ms).
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// fast: virtual clock charged with real compute; real: wall clock;
+        /// instant: virtual clock, compute not charged.
+        #[arg(long, value_enum, default_value = "fast")]
+        pace: Pace,
+        /// Longest time to keep going after the input ends (s).
+        #[arg(long, default_value_t = 60)]
+        tail_secs: u64,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<colloquy::transport::file::ReplayError>()
+                .is_some()
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
+    Ok(match args.agent {
+        AgentKind::Parrot => Arc::new(ParrotAgent),
+    })
+}
+
+fn session_config(args: &PipelineArgs) -> SessionConfig {
+    let mut config = SessionConfig {
+        vad: args.vad,
+        ..SessionConfig::default()
+    };
+    if let Some(ms) = args.endpoint_ms {
+        config.turn.endpoint_ms = ms;
+    }
+    if let Some(ms) = args.interrupt_ms {
+        config.coordinator.interrupt_min_ms = ms;
+    }
+    config
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Replay {
+            input,
+            out,
+            events,
+            pace,
+            tail_secs,
+            pipeline,
+        } => {
+            let agent = build_agent(&pipeline)?;
+            let opts = ReplayOptions {
+                input: input.clone(),
+                out_wav: out.clone(),
+                events: events.clone(),
+                pace,
+                tail_cap: Duration::from_secs(tail_secs),
+                progress: true,
+            };
+            let report = replay(&opts, agent, session_config(&pipeline))
+                .with_context(|| format!("replaying {}", input.display()))?;
+            let turns = report.committed.len();
+            let interruptions = report
+                .events
+                .iter()
+                .filter(|e| e.event.kind() == "interrupted")
+                .count();
+            println!(
+                "replayed {:.1} s of audio in {:.2} s ({:.0}x real time): {} turn(s) committed, {} interruption(s)",
+                report.timeline_ms as f64 / 1000.0,
+                report.wall.as_secs_f64(),
+                report.speed(),
+                turns,
+                interruptions
+            );
+            for round in &report.committed {
+                for m in &round.messages {
+                    let text = if m.content.is_empty() {
+                        "(audio, no transcript)"
+                    } else {
+                        &m.content
+                    };
+                    println!(
+                        "  {:>9}: {}{}",
+                        format!("{:?}", m.role).to_lowercase(),
+                        text,
+                        if m.interrupted { " [interrupted]" } else { "" }
+                    );
+                }
+            }
+            if let Some(p) = out {
+                println!("timeline: {} (left = you, right = bot)", p.display());
+            }
+            if let Some(p) = events {
+                println!("events:   {}", p.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -39,15 +39,28 @@ pub enum Event {
     /// The user's turn ended (endpointing silence elapsed after speech).
     SpeechStopped { at_ms: u64, speech_ms: u64 },
     /// A transcript of the user's speech; `is_final` marks the turn's final one.
-    Transcript { epoch: u64, text: String, is_final: bool },
+    Transcript {
+        epoch: u64,
+        text: String,
+        is_final: bool,
+    },
     /// A turn opened (the user's end of turn), with its epoch.
     TurnOpened { epoch: u64 },
     /// A task result was accepted into the turn's staging area.
     Staged { epoch: u64, task: u64, what: String },
     /// A result of a stale or unknown task was dropped.
-    Quarantined { epoch: u64, current_epoch: u64, task: u64, what: String },
+    Quarantined {
+        epoch: u64,
+        current_epoch: u64,
+        task: u64,
+        what: String,
+    },
     /// A task was cancelled.
-    TaskCancelled { epoch: u64, task: u64, reason: CancelReason },
+    TaskCancelled {
+        epoch: u64,
+        task: u64,
+        reason: CancelReason,
+    },
     /// Text the bot is about to say (one sentence/chunk).
     BotText { epoch: u64, text: String },
     /// The first sample of a reply reached the output.
@@ -55,9 +68,18 @@ pub enum Event {
     /// The last sample of a reply was played.
     BotStoppedSpeaking { epoch: u64 },
     /// The turn's round was appended to history.
-    Committed { epoch: u64, user: String, assistant: String, interrupted: bool },
+    Committed {
+        epoch: u64,
+        user: String,
+        assistant: String,
+        interrupted: bool,
+    },
     /// The user barged in over the bot; `spoken` is what the user heard.
-    Interrupted { epoch: u64, spoken: String, played_ms: u64 },
+    Interrupted {
+        epoch: u64,
+        spoken: String,
+        played_ms: u64,
+    },
     /// The output was cleared (transports drop buffered audio at once).
     ClearPlayback { epoch: u64 },
     /// An overlap turned out to be noise or a backchannel.

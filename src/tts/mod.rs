@@ -42,6 +42,5 @@ pub trait TextToSpeech: Send + Sync {
     fn name(&self) -> &str;
 
     /// Speaks `text` (one sentence or clause) (holds invariant 1).
-    async fn synthesize(&self, text: &str, cancel: &CancellationToken)
-        -> Result<Speech, TtsError>;
+    async fn synthesize(&self, text: &str, cancel: &CancellationToken) -> Result<Speech, TtsError>;
 }

@@ -1,0 +1,155 @@
+//! Agents: what answers a user turn. An agent receives a fenced [`TurnJob`]
+//! from the coordinator and reports [`TaskMessage`]s back, each tagged with the
+//! job's epoch and task id; it never touches the context itself.
+//!
+//! Backends: [`parrot`] (speaks the user's audio back; the loopback test of
+//! the whole audio path) and [`voice`] (STT → LLM → sentence chunker → TTS).
+//!
+//! # Invariants
+//! 1. Every job ends with exactly one `Done` or `Failed` message, unless it
+//!    was cancelled, in which case it may stop sending at any point.
+//! 2. `cost` in each message is the job's cumulative compute time at that
+//!    point; replay charges it to the timeline (`--pace fast`).
+//! 3. An agent checks its cancellation token between steps (per token, per
+//!    sentence) and stops promptly.
+
+use crate::llm::ChatMessage;
+use crossbeam_channel::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub mod parrot;
+pub mod voice;
+
+/// Identifies one dispatched task (unique within a session).
+pub type TaskId = u64;
+
+/// What the coordinator hands an agent for one turn.
+#[derive(Clone, Debug)]
+pub struct TurnJob {
+    pub epoch: u64,
+    pub task: TaskId,
+    /// Committed history, oldest first (system prompt excluded).
+    pub history: Vec<ChatMessage>,
+    /// The user's utterance, 16 kHz mono.
+    pub user_audio: Arc<[i16]>,
+    /// Text of earlier user speech of this turn that was not answered yet
+    /// (the user went on talking before the reply played).
+    pub carried_user_text: String,
+    pub cancel: CancellationToken,
+}
+
+/// How an agent's compute time is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CostMode {
+    /// Wall-clock time since the job started (real models).
+    Wall,
+    /// Zero: results are charged nothing (deterministic tests).
+    Zero,
+}
+
+/// A result of a task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    /// The user's words (final transcript of the utterance).
+    Transcript(String),
+    /// Model text as it streams (for live display; not spoken by itself).
+    Token(String),
+    /// A speakable chunk: its text and its audio at 16 kHz.
+    Speech { text: String, audio: Arc<[i16]> },
+    /// A tool call and its result, as one unit (never one without the other).
+    Tool {
+        call: crate::llm::ToolCall,
+        result: String,
+    },
+    /// The reply is complete.
+    Done,
+    /// The job failed; the message says why.
+    Failed(String),
+}
+
+impl Payload {
+    /// Short kind name for events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Transcript(_) => "transcript",
+            Payload::Token(_) => "token",
+            Payload::Speech { .. } => "speech",
+            Payload::Tool { .. } => "tool",
+            Payload::Done => "done",
+            Payload::Failed(_) => "failed",
+        }
+    }
+}
+
+/// A message from a task to the coordinator.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskMessage {
+    pub epoch: u64,
+    pub task: TaskId,
+    /// Session time (ms) at which the task was dispatched.
+    pub dispatched_ms: u64,
+    /// Cumulative compute time of the job so far (invariant 2).
+    pub cost: Duration,
+    pub payload: Payload,
+}
+
+/// The sending end handed to a running job.
+#[derive(Clone)]
+pub struct Reporter {
+    tx: Sender<TaskMessage>,
+    epoch: u64,
+    task: TaskId,
+    dispatched_ms: u64,
+    started: Instant,
+    mode: CostMode,
+}
+
+impl Reporter {
+    pub fn new(
+        tx: Sender<TaskMessage>,
+        epoch: u64,
+        task: TaskId,
+        dispatched_ms: u64,
+        mode: CostMode,
+    ) -> Self {
+        Self {
+            tx,
+            epoch,
+            task,
+            dispatched_ms,
+            started: Instant::now(),
+            mode,
+        }
+    }
+
+    /// Sends a payload stamped with the job's cost so far. Returns false when
+    /// the session is gone (the job should stop).
+    pub fn send(&self, payload: Payload) -> bool {
+        let cost = match self.mode {
+            CostMode::Wall => self.started.elapsed(),
+            CostMode::Zero => Duration::ZERO,
+        };
+        self.tx
+            .send(TaskMessage {
+                epoch: self.epoch,
+                task: self.task,
+                dispatched_ms: self.dispatched_ms,
+                cost,
+                payload,
+            })
+            .is_ok()
+    }
+}
+
+/// Something that answers user turns.
+pub trait Agent: Send + Sync {
+    /// Name for logs (`parrot`, `voice`).
+    fn name(&self) -> &str;
+    /// Starts answering `job` in the background; results go to `reporter`.
+    fn start(&self, job: TurnJob, reporter: Reporter);
+    /// Whether the agent produces transcripts (so backchannels can be told
+    /// from real interruptions by their words).
+    fn transcribes(&self) -> bool;
+}

@@ -1,0 +1,392 @@
+//! One conversation: the data plane (input ring → resample → VAD → turn
+//! detector → utterance buffer) feeding the turn coordinator, and the
+//! delivery of task results on the session's timeline. Every transport
+//! (file, WebSocket, local devices) drives a `Session` the same way:
+//! push input into its ring, call [`Session::process`], read the output ring.
+//!
+//! Time is the input's sample clock: `now` is the end of the last processed
+//! input frame, so replays are deterministic and need no wall clock.
+//!
+//! # Real-time
+//! [`Session::process_frame`] — VAD, turn detector and utterance capture — does
+//! not allocate in steady state (no turn event): buffers are sized up front
+//! (`tests/no_alloc.rs` counts allocations).
+//!
+//! # Invariants
+//! 1. Task results are delivered to the coordinator no earlier than
+//!    `dispatched + cost` on the timeline (`Pacing::Charged`), or on arrival
+//!    (`Pacing::Arrival`); within one tick in arrival order.
+//! 2. Frames are processed in order, each exactly once.
+
+use crate::agent::{Agent, CostMode, TaskId, TaskMessage};
+use crate::audio::{EdgeResampler, FrameAssembler, InputConsumer, OutputProducer, ResampleError};
+use crate::frame::{samples_to_ms, AudioFrame, Event, TimedEvent, FRAME_SAMPLES, SAMPLE_RATE};
+use crate::turn::{Coordinator, CoordinatorConfig, Playout};
+use crate::vad::{TurnConfig, TurnDetector, TurnEvent, Vad, VadKind};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+mod utterance;
+pub use utterance::UtteranceBuffer;
+
+/// How task results are placed on the session timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// At `dispatched + cost` (replay on the virtual clock).
+    Charged,
+    /// When they arrive (live transports, wall clock).
+    Arrival,
+}
+
+/// Session settings.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub vad: VadKind,
+    pub turn: TurnConfig,
+    pub coordinator: CoordinatorConfig,
+    /// Rate and channels of what the transport pushes into the input ring.
+    pub input_rate: u32,
+    pub input_channels: u16,
+    /// Rate at which the transport plays the output ring.
+    pub output_rate: u32,
+    pub cost_mode: CostMode,
+    pub pacing: Pacing,
+    /// Pre-roll kept before confirmed speech start (ms).
+    pub preroll_ms: u64,
+    /// Longest utterance kept for STT (seconds).
+    pub max_utterance_secs: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            vad: VadKind::default(),
+            turn: TurnConfig::default(),
+            coordinator: CoordinatorConfig::default(),
+            input_rate: SAMPLE_RATE,
+            input_channels: 1,
+            output_rate: SAMPLE_RATE,
+            cost_mode: CostMode::Wall,
+            pacing: Pacing::Charged,
+            preroll_ms: 200,
+            max_utterance_secs: 30,
+        }
+    }
+}
+
+/// Why a session could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("input format: {0}")]
+    Input(ResampleError),
+    #[error("output format: {0}")]
+    Output(ResampleError),
+}
+
+/// One conversation's pipeline and coordinator.
+pub struct Session {
+    input: InputConsumer,
+    resampler: EdgeResampler,
+    assembler: FrameAssembler,
+    pop_buf: Vec<f32>,
+    /// Frames resampled but not yet processed (bounded, sized up front).
+    frames: VecDeque<AudioFrame>,
+    vad: Box<dyn Vad>,
+    detector: TurnDetector,
+    utterance: UtteranceBuffer,
+    coordinator: Coordinator,
+    results: Receiver<TaskMessage>,
+    /// Results received, waiting for their time on the timeline.
+    waiting: Vec<(u64, u64, TaskMessage)>,
+    arrival_seq: u64,
+    last_cost: BTreeMap<TaskId, Duration>,
+    /// Tasks whose final message (done/failed) was received, not yet delivered.
+    finished: std::collections::BTreeSet<TaskId>,
+    pacing: Pacing,
+    cost_mode: CostMode,
+    /// End of the last processed frame (samples).
+    now: u64,
+    events: Vec<TimedEvent>,
+    cancel: CancellationToken,
+}
+
+impl Session {
+    /// Builds a session reading `input` and playing into `output`.
+    pub fn new(
+        config: SessionConfig,
+        agent: Arc<dyn Agent>,
+        input: InputConsumer,
+        output: OutputProducer,
+    ) -> Result<Self, SessionError> {
+        let resampler = EdgeResampler::new(config.input_rate, config.input_channels, SAMPLE_RATE)
+            .map_err(SessionError::Input)?;
+        let playout = Playout::new(output, config.output_rate).map_err(SessionError::Output)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cancel = CancellationToken::new();
+        let coordinator = Coordinator::new(
+            config.coordinator.clone(),
+            agent,
+            tx,
+            config.cost_mode,
+            playout,
+            cancel.clone(),
+        );
+        let pop_len = resampler.chunk_frames() * config.input_channels as usize;
+        Ok(Self {
+            input,
+            pop_buf: vec![0.0; pop_len],
+            frames: VecDeque::with_capacity(64),
+            resampler,
+            assembler: FrameAssembler::new(0),
+            vad: config.vad.build(),
+            detector: TurnDetector::new(config.turn),
+            utterance: UtteranceBuffer::new(
+                (config.preroll_ms * SAMPLE_RATE as u64 / 1000) as usize,
+                config.max_utterance_secs as usize * SAMPLE_RATE as usize,
+            ),
+            coordinator,
+            results: rx,
+            waiting: Vec::with_capacity(64),
+            arrival_seq: 0,
+            last_cost: BTreeMap::new(),
+            finished: std::collections::BTreeSet::new(),
+            pacing: config.pacing,
+            cost_mode: config.cost_mode,
+            now: 0,
+            events: Vec::with_capacity(64),
+            cancel,
+        })
+    }
+
+    /// Starts from committed history (resumed session).
+    pub fn with_history(mut self, history: Vec<crate::llm::ChatMessage>) -> Self {
+        self.coordinator = self.coordinator.with_history(history);
+        self
+    }
+
+    /// Session time (ms): end of the last processed frame.
+    pub fn now_ms(&self) -> u64 {
+        samples_to_ms(self.now)
+    }
+
+    /// Samples processed so far.
+    pub fn now_samples(&self) -> u64 {
+        self.now
+    }
+
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    /// The session's root cancellation token (cancel = shutdown).
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Pulls what the input ring holds through the resampler into frames.
+    /// Real-time safe.
+    pub fn pull_input(&mut self) {
+        loop {
+            let n = self.input.pop(&mut self.pop_buf);
+            if n == 0 {
+                break;
+            }
+            let frames = &mut self.frames;
+            let assembler = &mut self.assembler;
+            self.resampler.process(&self.pop_buf[..n], |s| {
+                assembler.push(s, |f| frames.push_back(*f))
+            });
+        }
+    }
+
+    /// Processes every pending input frame and delivers due results.
+    /// `on_user_frame` sees each frame as the pipeline heard it.
+    pub fn process(&mut self, mut on_user_frame: impl FnMut(&AudioFrame)) {
+        self.pull_input();
+        self.receive();
+        while let Some(frame) = self.frames.pop_front() {
+            self.deliver_due();
+            on_user_frame(&frame);
+            self.process_frame(&frame);
+        }
+        self.deliver_due();
+    }
+
+    /// The per-frame data path: VAD → turn detector → utterance capture →
+    /// coordinator tick. Real-time safe in steady state.
+    pub fn process_frame(&mut self, frame: &AudioFrame) {
+        let p = self.vad.speech_probability(frame);
+        let event = self.detector.push(p, frame.start);
+        self.utterance.push(
+            &frame.samples,
+            self.detector.is_speaking() || event.is_some(),
+        );
+        self.now = frame.start + FRAME_SAMPLES as u64;
+        let now_ms = samples_to_ms(self.now);
+        match event {
+            Some(TurnEvent::Started { at }) => {
+                self.utterance.mark_start(at);
+                self.coordinator.on_user_started(at, now_ms);
+            }
+            Some(TurnEvent::Stopped { start, end }) => {
+                let audio = self.utterance.take(start, end);
+                self.coordinator
+                    .on_user_stopped(&audio, samples_to_ms(end - start), now_ms);
+            }
+            Some(TurnEvent::Paused { at }) => self.push_event(
+                now_ms,
+                Event::SpeechPaused {
+                    at_ms: samples_to_ms(at),
+                },
+            ),
+            Some(TurnEvent::Continued { .. }) | None => {}
+        }
+        self.coordinator.on_frame(self.now, now_ms);
+        self.collect_events();
+    }
+
+    /// Ends input: closes an open user turn.
+    pub fn finish_input(&mut self) {
+        let frames = &mut self.frames;
+        self.assembler.flush(|f| frames.push_back(*f));
+        while let Some(frame) = self.frames.pop_front() {
+            self.process_frame(&frame);
+        }
+        if let Some(TurnEvent::Stopped { start, end }) = self.detector.finish() {
+            let audio = self.utterance.take(start, end);
+            self.coordinator
+                .on_user_stopped(&audio, samples_to_ms(end - start), self.now_ms());
+            self.collect_events();
+        }
+    }
+
+    /// Cancels everything in flight (reason: shutdown) and commits what was heard.
+    pub fn shutdown(&mut self) {
+        self.cancel.cancel();
+        let now = self.now_ms();
+        self.coordinator.shutdown(now);
+        self.collect_events();
+    }
+
+    /// Takes the events produced since the last call.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, TimedEvent> {
+        self.events.drain(..)
+    }
+
+    /// Takes the rounds committed since the last call.
+    pub fn drain_committed(&mut self) -> Vec<crate::turn::CommittedRound> {
+        self.coordinator.drain_committed().collect()
+    }
+
+    /// Whether a task is running or reply audio is still to play.
+    pub fn busy(&self) -> bool {
+        self.coordinator.busy() || !self.waiting.is_empty()
+    }
+
+    /// With `Pacing::Charged`: whether a running task could still report a
+    /// result due at or before `now_ms`, so the driver must wait for it
+    /// before advancing time (holds invariant 1).
+    pub fn must_wait(&self, now_ms: u64) -> bool {
+        if self.pacing != Pacing::Charged {
+            return false;
+        }
+        self.coordinator
+            .running()
+            .any(|(task, dispatched, started)| {
+                if self.finished.contains(&task) {
+                    return false;
+                }
+                let reported = self.last_cost.get(&task).copied().unwrap_or_default();
+                let bound = match self.cost_mode {
+                    CostMode::Wall => reported.max(started.elapsed()),
+                    CostMode::Zero => reported,
+                };
+                dispatched + bound.as_millis() as u64 <= now_ms
+            })
+    }
+
+    /// Blocks up to `timeout` for one task result (used by replay drivers
+    /// while [`Session::must_wait`]). Returns false on timeout.
+    pub fn wait_for_result(&mut self, timeout: Duration) -> bool {
+        match self.results.recv_timeout(timeout) {
+            Ok(msg) => {
+                self.accept(msg);
+                true
+            }
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => false,
+        }
+    }
+
+    /// Drives `must_wait`/`wait_for_result` until nothing due is missing.
+    pub fn settle(&mut self, now_ms: u64) {
+        self.receive();
+        let started = Instant::now();
+        while self.must_wait(now_ms) {
+            self.wait_for_result(Duration::from_millis(5));
+            // A task that never reports is a bug in its agent; don't hang forever.
+            if started.elapsed() > Duration::from_secs(600) {
+                break;
+            }
+        }
+    }
+
+    fn receive(&mut self) {
+        while let Ok(msg) = self.results.try_recv() {
+            self.accept(msg);
+        }
+    }
+
+    fn accept(&mut self, msg: TaskMessage) {
+        if matches!(
+            msg.payload,
+            crate::agent::Payload::Done | crate::agent::Payload::Failed(_)
+        ) {
+            self.finished.insert(msg.task);
+        }
+        let due = match self.pacing {
+            Pacing::Charged => {
+                self.last_cost.insert(msg.task, msg.cost);
+                (msg.dispatched_ms + msg.cost.as_millis() as u64).max(msg.dispatched_ms)
+            }
+            Pacing::Arrival => samples_to_ms(self.now),
+        };
+        self.arrival_seq += 1;
+        self.waiting.push((due, self.arrival_seq, msg));
+    }
+
+    fn deliver_due(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now_ms = samples_to_ms(self.now);
+        self.waiting.sort_by_key(|(due, seq, _)| (*due, *seq));
+        while self
+            .waiting
+            .first()
+            .is_some_and(|(due, _, _)| *due <= now_ms)
+        {
+            let (_, _, msg) = self.waiting.remove(0);
+            if matches!(
+                msg.payload,
+                crate::agent::Payload::Done | crate::agent::Payload::Failed(_)
+            ) {
+                self.last_cost.remove(&msg.task);
+                self.finished.remove(&msg.task);
+            }
+            self.coordinator.on_message(msg, now_ms);
+        }
+        self.collect_events();
+    }
+
+    fn push_event(&mut self, t_ms: u64, event: Event) {
+        self.events.push(TimedEvent { t_ms, event });
+    }
+
+    fn collect_events(&mut self) {
+        let events = &mut self.events;
+        events.extend(self.coordinator.drain_events());
+    }
+}

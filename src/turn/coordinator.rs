@@ -1,0 +1,765 @@
+//! The coordinator's state machine (invariants are numbered in `turn/mod.rs`).
+
+use super::playout::{Playout, SpokenChunk};
+use crate::agent::{Agent, CostMode, Payload, Reporter, TaskId, TaskMessage, TurnJob};
+use crate::frame::{samples_to_ms, CancelReason, Event, TimedEvent, SAMPLE_RATE};
+use crate::llm::{ChatMessage, ToolCall};
+use crossbeam_channel::Sender;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What the bot does after a false interruption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeMode {
+    /// Continue from the exact sample where playback stopped.
+    Resume,
+    /// Restate the interrupted sentence from its start.
+    #[default]
+    Restate,
+    /// Stay silent (the interrupted reply is committed as heard).
+    Off,
+}
+
+/// Coordinator settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoordinatorConfig {
+    /// User speech over the bot must last this long to count as a barge-in.
+    pub interrupt_min_ms: u64,
+    /// Without transcripts, an interrupting utterance shorter than this is
+    /// treated as a backchannel/noise (false interruption).
+    pub backchannel_max_ms: u64,
+    /// Words that alone make a backchannel, not an interruption.
+    pub backchannel_words: Vec<String>,
+    pub resume: ResumeMode,
+    /// Longest carried-over user audio (seconds) when the user goes on
+    /// talking before the reply starts.
+    pub max_carry_secs: u32,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            interrupt_min_ms: 300,
+            backchannel_max_ms: 700,
+            backchannel_words: [
+                "mm", "mhm", "mmhm", "hmm", "uh", "huh", "uhhuh", "um", "ah", "oh", "yeah", "yes",
+                "yep", "ok", "okay", "right", "sure", "i", "see",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            resume: ResumeMode::Restate,
+            max_carry_secs: 30,
+        }
+    }
+}
+
+/// How a dispatched task ended (invariant 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Committed,
+    Cancelled(CancelReason),
+    Failed,
+    /// Its results were all dropped without it being cancelled first (a task
+    /// the coordinator did not know).
+    Quarantined,
+}
+
+/// What the bot side is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnState {
+    Idle,
+    Thinking,
+    Speaking,
+}
+
+/// A committed round, for the journal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommittedRound {
+    pub epoch: u64,
+    pub messages: Vec<ChatMessage>,
+    pub interrupted: bool,
+    pub committed_ms: u64,
+}
+
+struct InFlight {
+    epoch: u64,
+    cancel: CancellationToken,
+    dispatched_ms: u64,
+    started: std::time::Instant,
+}
+
+struct Staging {
+    epoch: u64,
+    task: TaskId,
+    user_text: String,
+    /// The utterance this turn answers (carried over if the turn is dropped).
+    audio: Arc<[i16]>,
+    tools: Vec<(ToolCall, String)>,
+    chunks: Vec<(String, Arc<[i16]>)>,
+    done: bool,
+    /// Set when this turn's utterance interrupted a reply: decides between
+    /// a real and a false interruption once the transcript is known.
+    judging: bool,
+    end_of_speech_ms: u64,
+    stt_ms: Option<u64>,
+}
+
+/// A reply stopped by a barge-in, waiting for the verdict on the interruption.
+struct Suspended {
+    user_text: String,
+    tools: Vec<(ToolCall, String)>,
+    chunks: Vec<(String, Arc<[i16]>)>,
+    done: bool,
+    played: u64,
+    spoken: String,
+}
+
+/// The turn coordinator. Single-threaded (invariant 6).
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    agent: Arc<dyn Agent>,
+    results: Sender<TaskMessage>,
+    cost_mode: CostMode,
+    session_cancel: CancellationToken,
+    playout: Playout,
+    epoch: u64,
+    next_task: TaskId,
+    history: Vec<ChatMessage>,
+    staging: Option<Staging>,
+    suspended: Option<Suspended>,
+    in_flight: BTreeMap<TaskId, InFlight>,
+    outcomes: BTreeMap<TaskId, Outcome>,
+    state: TurnState,
+    /// User speech start (sample) while the bot speaks: a barge-in candidate.
+    candidate: Option<u64>,
+    carried_audio: Vec<i16>,
+    quarantined: u64,
+    events: Vec<TimedEvent>,
+    committed: Vec<CommittedRound>,
+}
+
+impl Coordinator {
+    pub fn new(
+        config: CoordinatorConfig,
+        agent: Arc<dyn Agent>,
+        results: Sender<TaskMessage>,
+        cost_mode: CostMode,
+        playout: Playout,
+        session_cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            config,
+            agent,
+            results,
+            cost_mode,
+            session_cancel,
+            playout,
+            epoch: 0,
+            next_task: 1,
+            history: Vec::new(),
+            staging: None,
+            suspended: None,
+            in_flight: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            state: TurnState::Idle,
+            candidate: None,
+            carried_audio: Vec::new(),
+            quarantined: 0,
+            events: Vec::new(),
+            committed: Vec::new(),
+        }
+    }
+
+    /// Starts from committed history (a resumed session).
+    pub fn with_history(mut self, history: Vec<ChatMessage>) -> Self {
+        self.history = history;
+        self
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    pub fn state(&self) -> TurnState {
+        self.state
+    }
+    pub fn history(&self) -> &[ChatMessage] {
+        &self.history
+    }
+    pub fn outcomes(&self) -> &BTreeMap<TaskId, Outcome> {
+        &self.outcomes
+    }
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined
+    }
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+    /// Running tasks: id, dispatch time (session ms), wall-clock start.
+    pub fn running(&self) -> impl Iterator<Item = (TaskId, u64, std::time::Instant)> + '_ {
+        self.in_flight
+            .iter()
+            .map(|(t, f)| (*t, f.dispatched_ms, f.started))
+    }
+    /// Whether reply audio is playing or queued (the echo gate uses this).
+    pub fn bot_speaking(&self) -> bool {
+        self.state == TurnState::Speaking
+    }
+    /// Whether anything is still to happen (a task running or audio queued).
+    pub fn busy(&self) -> bool {
+        self.state != TurnState::Idle || !self.in_flight.is_empty() || self.suspended.is_some()
+    }
+
+    /// Takes the events produced since the last call.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, TimedEvent> {
+        self.events.drain(..)
+    }
+
+    /// Takes the rounds committed since the last call (for the journal).
+    pub fn drain_committed(&mut self) -> std::vec::Drain<'_, CommittedRound> {
+        self.committed.drain(..)
+    }
+
+    fn emit(&mut self, t_ms: u64, event: Event) {
+        self.events.push(TimedEvent { t_ms, event });
+    }
+
+    // ---- user side ---------------------------------------------------------
+
+    /// The turn detector confirmed user speech starting at sample `at`.
+    pub fn on_user_started(&mut self, at: u64, now_ms: u64) {
+        self.emit(
+            now_ms,
+            Event::SpeechStarted {
+                at_ms: samples_to_ms(at),
+            },
+        );
+        match self.state {
+            TurnState::Speaking => self.candidate = Some(at),
+            TurnState::Thinking => {
+                // The user goes on talking before any reply was heard: drop the
+                // reply and answer the whole utterance later (nothing was heard,
+                // so nothing is committed).
+                self.cancel_all(CancelReason::BargeIn, now_ms);
+                if let Some(st) = self.staging.take() {
+                    self.emit(
+                        now_ms,
+                        Event::Interrupted {
+                            epoch: st.epoch,
+                            spoken: String::new(),
+                            played_ms: 0,
+                        },
+                    );
+                    self.carry_audio(&st.audio);
+                }
+                self.epoch += 1;
+                self.state = TurnState::Idle;
+            }
+            TurnState::Idle => {}
+        }
+    }
+
+    /// The user's turn ended; `audio` is the utterance (16 kHz).
+    pub fn on_user_stopped(&mut self, audio: &[i16], speech_ms: u64, now_ms: u64) {
+        self.emit(
+            now_ms,
+            Event::SpeechStopped {
+                at_ms: now_ms,
+                speech_ms,
+            },
+        );
+        let was_candidate = self.candidate.take().is_some();
+        if was_candidate
+            && (self.state == TurnState::Speaking || speech_ms < self.config.interrupt_min_ms)
+        {
+            // Speech over the bot that never reached the barge-in threshold
+            // (a cough, a click): the bot never stopped; nothing to answer.
+            return;
+        }
+        let judging = self.suspended.is_some();
+        if judging && !self.agent.transcribes() {
+            if speech_ms < self.config.backchannel_max_ms {
+                self.false_interruption(now_ms);
+                return;
+            }
+            self.commit_suspended(now_ms);
+        }
+        let judging = self.suspended.is_some();
+        let mut full: Vec<i16> = std::mem::take(&mut self.carried_audio);
+        full.extend_from_slice(audio);
+        self.open_turn(full.into(), judging, now_ms);
+    }
+
+    /// Called once per input frame with the current sample position.
+    pub fn on_frame(&mut self, now_sample: u64, now_ms: u64) {
+        if let Some(start) = self.candidate {
+            if self.state == TurnState::Speaking
+                && samples_to_ms(now_sample.saturating_sub(start)) >= self.config.interrupt_min_ms
+            {
+                self.candidate = None;
+                self.barge_in(now_ms);
+            }
+        }
+        self.playout.pump();
+        if self.state == TurnState::Speaking
+            && self.staging.as_ref().is_some_and(|s| s.done)
+            && self.playout.drained()
+        {
+            self.commit_staging(now_ms, false);
+        }
+    }
+
+    // ---- bot side ----------------------------------------------------------
+
+    fn open_turn(&mut self, audio: Arc<[i16]>, judging: bool, now_ms: u64) {
+        self.epoch += 1;
+        let task = self.next_task;
+        self.next_task += 1;
+        let cancel = self.session_cancel.child_token();
+        self.in_flight.insert(
+            task,
+            InFlight {
+                epoch: self.epoch,
+                cancel: cancel.clone(),
+                dispatched_ms: now_ms,
+                started: std::time::Instant::now(),
+            },
+        );
+        self.staging = Some(Staging {
+            epoch: self.epoch,
+            task,
+            user_text: String::new(),
+            audio: audio.clone(),
+            tools: Vec::new(),
+            chunks: Vec::new(),
+            done: false,
+            judging,
+            end_of_speech_ms: now_ms,
+            stt_ms: None,
+        });
+        self.state = TurnState::Thinking;
+        self.emit(now_ms, Event::TurnOpened { epoch: self.epoch });
+        let mut history = self.history.clone();
+        if let Some(s) = &self.suspended {
+            // Provisional: what the new turn would see if the interruption is real.
+            history.extend(interrupted_round(s));
+        }
+        let job = TurnJob {
+            epoch: self.epoch,
+            task,
+            history,
+            user_audio: audio,
+            carried_user_text: String::new(),
+            cancel,
+        };
+        let reporter = Reporter::new(
+            self.results.clone(),
+            self.epoch,
+            task,
+            now_ms,
+            self.cost_mode,
+        );
+        self.agent.start(job, reporter);
+    }
+
+    /// A message from a task (holds invariant 2).
+    pub fn on_message(&mut self, msg: TaskMessage, now_ms: u64) {
+        let current = self
+            .in_flight
+            .get(&msg.task)
+            .is_some_and(|f| f.epoch == self.epoch)
+            && msg.epoch == self.epoch
+            && self
+                .staging
+                .as_ref()
+                .is_some_and(|s| s.task == msg.task && s.epoch == msg.epoch);
+        if !current {
+            self.quarantined += 1;
+            if !self.outcomes.contains_key(&msg.task) && !self.in_flight.contains_key(&msg.task) {
+                self.outcomes.insert(msg.task, Outcome::Quarantined);
+            }
+            self.emit(
+                now_ms,
+                Event::Quarantined {
+                    epoch: msg.epoch,
+                    current_epoch: self.epoch,
+                    task: msg.task,
+                    what: msg.payload.kind().to_string(),
+                },
+            );
+            return;
+        }
+        let epoch = self.epoch;
+        let what = msg.payload.kind();
+        match msg.payload {
+            Payload::Transcript(text) => {
+                if let Some(st) = self.staging.as_mut() {
+                    st.user_text = text.clone();
+                    st.stt_ms = Some(now_ms);
+                }
+                self.emit(
+                    now_ms,
+                    Event::Transcript {
+                        epoch,
+                        text: text.clone(),
+                        is_final: true,
+                    },
+                );
+                if self.staging.as_ref().is_some_and(|s| s.judging) {
+                    if self.is_backchannel(&text) {
+                        self.drop_turn(msg.task, now_ms);
+                        self.false_interruption(now_ms);
+                        return;
+                    }
+                    self.commit_suspended(now_ms);
+                    if let Some(st) = self.staging.as_mut() {
+                        st.judging = false;
+                    }
+                }
+            }
+            Payload::Token(_) => {}
+            Payload::Speech { text, audio } => {
+                if self.state != TurnState::Speaking {
+                    self.playout.begin_reply();
+                    self.state = TurnState::Speaking;
+                    self.emit(now_ms, Event::BotStartedSpeaking { epoch });
+                    if let Some(st) = &self.staging {
+                        self.events.push(TimedEvent {
+                            t_ms: now_ms,
+                            event: Event::TurnLatency {
+                                epoch,
+                                end_of_speech_ms: st.end_of_speech_ms,
+                                stt_ms: st.stt_ms,
+                                first_token_ms: None,
+                                first_audio_ms: now_ms,
+                            },
+                        });
+                    }
+                }
+                self.playout.enqueue(&text, &audio);
+                self.playout.pump();
+                if let Some(st) = self.staging.as_mut() {
+                    st.chunks.push((text.clone(), audio));
+                }
+                self.emit(now_ms, Event::BotText { epoch, text });
+            }
+            Payload::Tool { call, result } => {
+                if let Some(st) = self.staging.as_mut() {
+                    st.tools.push((call, result));
+                }
+            }
+            Payload::Done => {
+                self.in_flight.remove(&msg.task);
+                if let Some(st) = self.staging.as_mut() {
+                    st.done = true;
+                }
+                if self.state == TurnState::Thinking {
+                    // Nothing to say: commit the round with an empty reply.
+                    self.commit_staging(now_ms, false);
+                }
+            }
+            Payload::Failed(message) => {
+                self.in_flight.remove(&msg.task);
+                self.outcomes.insert(msg.task, Outcome::Failed);
+                self.emit(
+                    now_ms,
+                    Event::Error {
+                        source: "agent".into(),
+                        message,
+                    },
+                );
+                // Nothing the user heard is lost: a reply that already played
+                // in part is committed as interrupted; otherwise roll back.
+                if self.state == TurnState::Speaking {
+                    self.playout.silence();
+                    let played = self.playout.played_16k();
+                    self.commit_staging_prefix(played, now_ms);
+                } else {
+                    self.staging = None;
+                }
+                self.state = TurnState::Idle;
+                return;
+            }
+        }
+        self.emit(
+            now_ms,
+            Event::Staged {
+                epoch,
+                task: msg.task,
+                what: what.to_string(),
+            },
+        );
+    }
+
+    fn is_backchannel(&self, text: &str) -> bool {
+        let norm = crate::stt::normalize::normalize(text);
+        norm.split_whitespace()
+            .all(|w| self.config.backchannel_words.iter().any(|b| b == w))
+    }
+
+    fn cancel_all(&mut self, reason: CancelReason, now_ms: u64) {
+        let tasks: Vec<(TaskId, InFlight)> =
+            std::mem::take(&mut self.in_flight).into_iter().collect();
+        for (task, f) in tasks {
+            f.cancel.cancel();
+            self.outcomes.insert(task, Outcome::Cancelled(reason));
+            self.emit(
+                now_ms,
+                Event::TaskCancelled {
+                    epoch: f.epoch,
+                    task,
+                    reason,
+                },
+            );
+        }
+    }
+
+    /// Confirmed barge-in (invariant 3).
+    fn barge_in(&mut self, now_ms: u64) {
+        let played = self.playout.played_16k();
+        self.playout.silence();
+        let old_epoch = self.epoch;
+        self.emit(now_ms, Event::ClearPlayback { epoch: old_epoch });
+        self.epoch += 1;
+        self.cancel_all(CancelReason::BargeIn, now_ms);
+        let spoken = self.playout.spoken_prefix(played);
+        self.emit(
+            now_ms,
+            Event::Interrupted {
+                epoch: old_epoch,
+                spoken: spoken.clone(),
+                played_ms: samples_to_ms(played),
+            },
+        );
+        if let Some(st) = self.staging.take() {
+            self.suspended = Some(Suspended {
+                user_text: st.user_text,
+                tools: st.tools,
+                chunks: st.chunks,
+                done: st.done,
+                played,
+                spoken,
+            });
+        }
+        self.state = TurnState::Idle;
+    }
+
+    /// The interrupting utterance had no words: resume the suspended reply.
+    fn false_interruption(&mut self, now_ms: u64) {
+        let Some(s) = self.suspended.take() else {
+            return;
+        };
+        self.emit(now_ms, Event::FalseInterruption { epoch: self.epoch });
+        if self.config.resume == ResumeMode::Off {
+            self.suspended = Some(s);
+            self.commit_suspended(now_ms);
+            return;
+        }
+        // Find the cut: chunk index and offset within it.
+        let mut left = s.played;
+        let mut idx = 0;
+        while idx < s.chunks.len() && left >= s.chunks[idx].1.len() as u64 {
+            left -= s.chunks[idx].1.len() as u64;
+            idx += 1;
+        }
+        let offset = match self.config.resume {
+            ResumeMode::Resume => left as usize,
+            _ => 0,
+        };
+        self.epoch += 1;
+        let from = s.chunks.get(idx).map(|c| c.0.clone()).unwrap_or_default();
+        self.emit(
+            now_ms,
+            Event::Resumed {
+                epoch: self.epoch,
+                from,
+            },
+        );
+        // The already-heard chunks stay as they were; the rest plays again.
+        self.playout.begin_reply();
+        let mut staging = Staging {
+            epoch: self.epoch,
+            task: 0,
+            user_text: s.user_text,
+            audio: Arc::from(Vec::new()),
+            tools: s.tools,
+            chunks: Vec::new(),
+            done: true,
+            judging: false,
+            end_of_speech_ms: now_ms,
+            stt_ms: None,
+        };
+        // Keep heard chunks in the text but not in the audio.
+        staging.chunks.extend(s.chunks[..idx].iter().cloned());
+        for (i, (text, audio)) in s.chunks[idx..].iter().enumerate() {
+            let a = if i == 0 {
+                &audio[offset.min(audio.len())..]
+            } else {
+                &audio[..]
+            };
+            self.playout.enqueue(text, a);
+            staging.chunks.push((text.clone(), audio.clone()));
+        }
+        if !s.done {
+            // The reply was cut before it was complete: what will be said is
+            // all there is; commit it marked interrupted when played.
+            staging.judging = true;
+        }
+        self.staging = Some(staging);
+        self.state = TurnState::Speaking;
+        self.playout.pump();
+    }
+
+    /// The interruption was real: commit what the user heard of the
+    /// suspended reply, marked interrupted (invariants 1 and 5).
+    fn commit_suspended(&mut self, now_ms: u64) {
+        let Some(s) = self.suspended.take() else {
+            return;
+        };
+        let messages = interrupted_round(&s);
+        self.push_round(messages, true, now_ms);
+    }
+
+    /// Drops the current (judging) turn: the bot resumes instead.
+    fn drop_turn(&mut self, task: TaskId, now_ms: u64) {
+        if let Some(f) = self.in_flight.remove(&task) {
+            f.cancel.cancel();
+            self.emit(
+                now_ms,
+                Event::TaskCancelled {
+                    epoch: f.epoch,
+                    task,
+                    reason: CancelReason::BargeIn,
+                },
+            );
+        }
+        self.outcomes
+            .insert(task, Outcome::Cancelled(CancelReason::BargeIn));
+        self.staging = None;
+    }
+
+    fn commit_staging(&mut self, now_ms: u64, interrupted: bool) {
+        let Some(st) = self.staging.take() else {
+            return;
+        };
+        // A resumed reply that had been cut mid-generation is still partial.
+        let interrupted = interrupted || (st.task == 0 && st.judging);
+        let assistant = st
+            .chunks
+            .iter()
+            .map(|c| c.0.trim())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut messages = round_messages(&st.user_text, &st.tools);
+        let mut msg = ChatMessage::assistant(assistant);
+        msg.interrupted = interrupted;
+        messages.push(msg);
+        if st.task != 0 {
+            self.outcomes.insert(st.task, Outcome::Committed);
+        }
+        if self.state == TurnState::Speaking {
+            self.emit(now_ms, Event::BotStoppedSpeaking { epoch: st.epoch });
+        }
+        self.state = TurnState::Idle;
+        self.push_round(messages, interrupted, now_ms);
+    }
+
+    fn commit_staging_prefix(&mut self, played: u64, now_ms: u64) {
+        let Some(st) = self.staging.take() else {
+            return;
+        };
+        let chunks: Vec<SpokenChunk> = st
+            .chunks
+            .iter()
+            .map(|(t, a)| SpokenChunk {
+                text: t.clone(),
+                samples: a.len() as u64,
+            })
+            .collect();
+        let spoken = super::playout::spoken_prefix(&chunks, played);
+        let mut messages = round_messages(&st.user_text, &st.tools);
+        let mut msg = ChatMessage::assistant(spoken);
+        msg.interrupted = true;
+        messages.push(msg);
+        self.push_round(messages, true, now_ms);
+    }
+
+    fn push_round(&mut self, messages: Vec<ChatMessage>, interrupted: bool, now_ms: u64) {
+        let user = messages
+            .iter()
+            .find(|m| m.role == crate::llm::Role::User)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let assistant = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == crate::llm::Role::Assistant)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        // Holds invariant 1: one extend, whole round.
+        self.history.extend(messages.iter().cloned());
+        self.committed.push(CommittedRound {
+            epoch: self.epoch,
+            messages,
+            interrupted,
+            committed_ms: now_ms,
+        });
+        self.emit(
+            now_ms,
+            Event::Committed {
+                epoch: self.epoch,
+                user,
+                assistant,
+                interrupted,
+            },
+        );
+    }
+
+    /// Cancels everything (session end).
+    pub fn shutdown(&mut self, now_ms: u64) {
+        self.playout.silence();
+        self.cancel_all(CancelReason::Shutdown, now_ms);
+        self.staging = None;
+        self.state = TurnState::Idle;
+        if self.suspended.is_some() {
+            self.commit_suspended(now_ms);
+        }
+    }
+
+    /// Keeps user audio of a dropped reply to answer it with the next utterance.
+    pub fn carry_audio(&mut self, audio: &[i16]) {
+        let cap = self.config.max_carry_secs as usize * SAMPLE_RATE as usize;
+        self.carried_audio.extend_from_slice(audio);
+        if self.carried_audio.len() > cap {
+            let cut = self.carried_audio.len() - cap;
+            self.carried_audio.drain(..cut);
+        }
+    }
+}
+
+fn round_messages(user_text: &str, tools: &[(ToolCall, String)]) -> Vec<ChatMessage> {
+    let mut messages = vec![ChatMessage::user(user_text)];
+    if !tools.is_empty() {
+        let mut call_msg = ChatMessage::assistant("");
+        call_msg.tool_calls = tools.iter().map(|(c, _)| c.clone()).collect();
+        messages.push(call_msg);
+        for (c, r) in tools {
+            messages.push(ChatMessage::tool_result(c.id.clone(), r.clone()));
+        }
+    }
+    messages
+}
+
+fn interrupted_round(s: &Suspended) -> Vec<ChatMessage> {
+    let mut messages = round_messages(&s.user_text, &s.tools);
+    let mut msg = ChatMessage::assistant(s.spoken.clone());
+    msg.interrupted = true;
+    messages.push(msg);
+    messages
+}

@@ -1,0 +1,34 @@
+//! The turn coordinator: every turn is a transaction over the conversation
+//! context. See `docs/design/turn.md` for worked barge-in scenarios.
+//!
+//! - **Open**: the user's end of turn opens turn N with a new epoch; a fenced
+//!   agent task is dispatched with the epoch and a cancellation token.
+//! - **Stage**: a task message is checked against the current epoch and the
+//!   in-flight map first; current → staged, anything else → quarantined.
+//! - **Commit**: when the reply has been played out, the staged round (user
+//!   message, tool call/result pairs, assistant message) joins history.
+//! - **Barge-in**: confirmed user speech over the bot advances the epoch,
+//!   cancels every in-flight task, silences playout, and suspends the reply.
+//!   The interrupting utterance then decides: words → the spoken prefix is
+//!   committed (marked interrupted) and the new turn goes on; no words or a
+//!   backchannel → a false interruption, and the bot resumes.
+//!
+//! # Invariants
+//! 1. History only grows by whole committed rounds, appended in one step.
+//! 2. No message from an epoch other than the current one is ever staged.
+//! 3. After a barge-in, no sample of the interrupted reply reaches the
+//!    transport (playout invariant 1).
+//! 4. Every dispatched task ends exactly once: committed, cancelled,
+//!    failed, or quarantined (see [`Outcome`]).
+//! 5. Tool calls enter the context only as call+result pairs, so a cancelled
+//!    tool leaves no orphaned call.
+//! 6. The coordinator is pure logic on one thread: its output depends only
+//!    on the sequence of calls, so replays are deterministic.
+
+mod coordinator;
+pub mod playout;
+
+pub use coordinator::{
+    CommittedRound, Coordinator, CoordinatorConfig, Outcome, ResumeMode, TurnState,
+};
+pub use playout::{Playout, SpokenChunk};

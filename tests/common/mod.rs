@@ -1,0 +1,111 @@
+//! Shared helpers for integration tests: assets, synthetic timelines, energy.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub fn asset(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join(rel)
+}
+
+/// Loads a 16 kHz mono asset as PCM16.
+pub fn load16k(rel: &str) -> Vec<i16> {
+    let audio = colloquy::audio::read_wav(&asset(rel)).expect("asset readable");
+    colloquy::audio::resample_to_16k(&audio).expect("resample")
+}
+
+/// Reference transcript of an asset clip (from assets/speech/transcripts.tsv).
+pub fn transcript(name: &str) -> String {
+    let tsv = std::fs::read_to_string(asset("speech/transcripts.tsv")).expect("transcripts");
+    tsv.lines()
+        .find_map(|l| {
+            l.split_once('\t')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap_or_else(|| panic!("no transcript for {name}"))
+}
+
+/// Deterministic low-level noise (≈ -60 dBFS) so silence is not digital zero.
+pub fn noise(samples: usize, seed: u32) -> Vec<i16> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..samples)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            ((x % 64) as i16) - 32
+        })
+        .collect()
+}
+
+/// Builds a timeline from pieces; returns samples and the start sample of each piece.
+pub fn concat(pieces: &[Vec<i16>]) -> (Vec<i16>, Vec<usize>) {
+    let mut out = Vec::new();
+    let mut starts = Vec::new();
+    for p in pieces {
+        starts.push(out.len());
+        out.extend_from_slice(p);
+    }
+    (out, starts)
+}
+
+pub fn silence_ms(ms: usize, seed: u32) -> Vec<i16> {
+    noise(ms * 16, seed)
+}
+
+/// Mixes `over` into `base` starting at sample `at` (saturating).
+pub fn mix(base: &mut Vec<i16>, over: &[i16], at: usize) {
+    if base.len() < at + over.len() {
+        base.resize(at + over.len(), 0);
+    }
+    for (i, &s) in over.iter().enumerate() {
+        base[at + i] = base[at + i].saturating_add(s);
+    }
+}
+
+pub fn write_wav16k(path: &Path, samples: &[i16]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).expect("create wav");
+    for &s in samples {
+        w.write_sample(s).expect("write");
+    }
+    w.finalize().expect("finalize");
+}
+
+/// Speech bounds of a clean clip: onset = first 20 ms frame above -35 dBFS
+/// (clear speech, not breath), offset = end of the last frame above -45 dBFS
+/// (quiet word endings count).
+pub fn speech_bounds(clip: &[i16]) -> (usize, usize) {
+    let env = envelope(clip);
+    let first = env
+        .iter()
+        .position(|&r| r > 0.0178)
+        .expect("clip has speech");
+    let last = env
+        .iter()
+        .rposition(|&r| r > 0.0056)
+        .expect("clip has speech");
+    (first * 320, (last + 1) * 320)
+}
+
+/// Frame-level RMS envelope (20 ms frames).
+pub fn envelope(samples: &[i16]) -> Vec<f32> {
+    samples.chunks(320).map(colloquy::frame::rms).collect()
+}
+
+/// Index of the first 20 ms frame at or after `from` whose level exceeds `level`.
+pub fn first_loud_frame(samples: &[i16], from: usize, level: f32) -> Option<usize> {
+    envelope(samples)
+        .iter()
+        .enumerate()
+        .skip(from / 320)
+        .find(|(_, &r)| r > level)
+        .map(|(i, _)| i * 320)
+}

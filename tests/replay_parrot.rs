@@ -1,0 +1,215 @@
+//! End-to-end replay with the parrot agent on real recordings: the whole audio
+//! path (WAV → ring → resample → VAD → turn detector → coordinator → playout →
+//! timeline) and barge-in timing, on the virtual clock.
+
+mod common;
+use colloquy::agent::parrot::ParrotAgent;
+use colloquy::frame::{Event, TimedEvent};
+use colloquy::session::SessionConfig;
+use colloquy::transport::file::{replay, Pace, ReplayOptions, ReplayReport};
+use common::*;
+use std::sync::Arc;
+
+fn run(samples: &[i16], pace: Pace) -> ReplayReport {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.wav");
+    write_wav16k(&input, samples);
+    let mut opts = ReplayOptions::new(&input);
+    opts.pace = pace;
+    opts.out_wav = Some(dir.path().join("out.wav"));
+    opts.events = Some(dir.path().join("events.jsonl"));
+    let report = replay(&opts, Arc::new(ParrotAgent), SessionConfig::default()).expect("replay");
+    // The files exist and agree with the report.
+    let out = hound::WavReader::open(dir.path().join("out.wav")).expect("timeline wav");
+    assert_eq!(out.spec().channels, 2);
+    assert_eq!(out.len() as usize, report.user.len() * 2);
+    let lines = std::fs::read_to_string(dir.path().join("events.jsonl")).expect("events");
+    assert_eq!(lines.lines().count(), report.events.len());
+    report
+}
+
+fn times_of(events: &[TimedEvent], kind: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.event.kind() == kind)
+        .map(|e| e.t_ms)
+        .collect()
+}
+
+fn correlation(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let ma = a.iter().sum::<f32>() / n as f32;
+    let mb = b.iter().sum::<f32>() / n as f32;
+    let cov: f32 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f32 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f32 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va.sqrt() * vb.sqrt()).max(1e-9)
+}
+
+/// Each utterance is spoken back once, right after the endpointing silence,
+/// and the bot channel carries the user's own audio.
+#[test]
+fn the_parrot_speaks_each_utterance_back_after_the_endpoint() {
+    let a = load16k("speech/librivox-0880.wav");
+    let b = load16k("speech/cards-005.wav");
+    let (timeline, _) = concat(&[
+        silence_ms(1000, 1),
+        a,
+        silence_ms(5000, 2),
+        b,
+        silence_ms(5000, 3),
+    ]);
+    let report = run(&timeline, Pace::Instant);
+    assert_eq!(report.committed.len(), 2, "events: {:?}", report.events);
+    assert!(report.committed.iter().all(|r| !r.interrupted));
+    let stops = times_of(&report.events, "speech_stopped");
+    let speaks = times_of(&report.events, "bot_started_speaking");
+    assert_eq!(stops.len(), 2);
+    assert_eq!(speaks.len(), 2);
+    for (i, (&stop, &speak)) in stops.iter().zip(&speaks).enumerate() {
+        // Parrot costs nothing under Pace::Instant: first audio within one frame.
+        assert!(
+            speak >= stop && speak - stop <= 20,
+            "turn {i}: stop {stop} speak {speak}"
+        );
+    }
+    // The bot channel carries the utterance from its detected start: its
+    // envelope matches the user's (best alignment within ±2 frames).
+    let onsets: Vec<u64> = report
+        .events
+        .iter()
+        .filter_map(|e| match e.event {
+            Event::SpeechStarted { at_ms } => Some(at_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(onsets.len(), 2);
+    for i in 0..2 {
+        let user_start = onsets[i] as usize * 16;
+        let bot_start = speaks[i] as usize * 16;
+        assert!(
+            colloquy::frame::rms(&report.bot[bot_start..bot_start + 16_000]) > 0.01,
+            "turn {i}: bot silent"
+        );
+        let user_env = envelope(&report.user[user_start..user_start + 32_000]);
+        let c = (0..=4)
+            .map(|lag| {
+                let from = (bot_start + lag * 320).saturating_sub(640);
+                correlation(&user_env, &envelope(&report.bot[from..from + 32_000]))
+            })
+            .fold(f32::MIN, f32::max);
+        assert!(c > 0.95, "turn {i}: envelope correlation {c}");
+    }
+    // Nothing plays before the first reply.
+    assert!(report.bot[..stops[0] as usize * 16].iter().all(|&s| s == 0));
+}
+
+/// The same input gives the same events, in the same order, at the same
+/// times, and the same bot audio (virtual clock).
+#[test]
+fn replay_is_deterministic() {
+    let (timeline, _) = concat(&[
+        silence_ms(500, 4),
+        load16k("speech/librivox-0930.wav"),
+        silence_ms(4000, 5),
+    ]);
+    let r1 = run(&timeline, Pace::Instant);
+    let r2 = run(&timeline, Pace::Instant);
+    assert!(!r1.events.is_empty());
+    assert_eq!(r1.events, r2.events);
+    assert_eq!(r1.bot, r2.bot);
+}
+
+/// Speech over the bot for longer than the interruption threshold stops the
+/// bot within one frame, commits only what was heard (marked interrupted), and
+/// the interrupting question is answered next.
+#[test]
+fn a_barge_in_silences_the_bot_within_one_frame_and_commits_the_heard_prefix() {
+    let a = load16k("speech/librivox-0890.wav");
+    let q = load16k("speech/q-germany-f3.wav");
+    let (mut timeline, _) = concat(&[silence_ms(800, 6), a.clone(), silence_ms(9000, 7)]);
+    // First pass without interruption: when does the reply start?
+    let quiet = run(&timeline, Pace::Instant);
+    let reply_start = times_of(&quiet.events, "bot_started_speaking")[0] as usize;
+    // Second pass: a second voice cuts in 1.5 s into the reply.
+    mix(&mut timeline, &q, (reply_start + 1500) * 16);
+    timeline.extend(silence_ms(6000, 8));
+    let report = run(&timeline, Pace::Instant);
+
+    let clear = times_of(&report.events, "clear_playback");
+    assert_eq!(clear.len(), 1, "one barge-in: {:?}", report.events);
+    let clear_sample = clear[0] as usize * 16;
+    // Bot channel silent from the frame after the confirmation until the next reply.
+    let next_reply = times_of(&report.events, "bot_started_speaking")
+        .into_iter()
+        .find(|&t| t > clear[0])
+        .expect("the interrupting question is answered");
+    let quiet = &report.bot[clear_sample + 320..next_reply as usize * 16];
+    assert!(
+        quiet.iter().all(|&s| s == 0),
+        "old reply leaked after the barge-in"
+    );
+    // The bot was audible right before the barge-in.
+    assert!(colloquy::frame::rms(&report.bot[clear_sample - 3200..clear_sample]) > 0.005);
+
+    let interrupted = report
+        .events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::Interrupted { played_ms, .. } => Some(*played_ms),
+            _ => None,
+        })
+        .expect("interrupted event");
+    // Heard: 1.5 s, plus the interruption threshold (300 ms) counted from the
+    // first voiced frame, plus at most a few frames of VAD onset.
+    assert!(
+        (1780..=1900).contains(&interrupted),
+        "played {interrupted} ms"
+    );
+    assert_eq!(report.committed.len(), 2);
+    assert!(report.committed[0].interrupted);
+    assert!(report.committed[0]
+        .messages
+        .last()
+        .is_some_and(|m| m.interrupted));
+    assert!(!report.committed[1].interrupted);
+}
+
+/// A short cough-like burst over the bot (shorter than the interruption
+/// threshold) does not stop it; a slightly longer one is a false interruption
+/// and the bot resumes, committing the whole reply.
+#[test]
+fn a_cough_does_not_stop_the_bot_and_a_short_noise_is_recovered() {
+    let a = load16k("speech/librivox-0870.wav");
+    let (_, a_end) = speech_bounds(&a);
+    let burst_src = load16k("speech/cards-002.wav");
+    let (b_start, _) = speech_bounds(&burst_src);
+    for (burst_ms, expect_clear) in [(160usize, false), (500, true)] {
+        let (mut timeline, starts) =
+            concat(&[silence_ms(800, 9), a.clone(), silence_ms(12_000, 10)]);
+        let at = starts[1] + a_end + 500 * 16 + 2000 * 16;
+        mix(
+            &mut timeline,
+            &burst_src[b_start..b_start + burst_ms * 16],
+            at,
+        );
+        let report = run(&timeline, Pace::Instant);
+        let clears = times_of(&report.events, "clear_playback").len();
+        assert_eq!(
+            clears > 0,
+            expect_clear,
+            "burst {burst_ms} ms: {:?}",
+            report.events
+        );
+        if expect_clear {
+            assert_eq!(times_of(&report.events, "false_interruption").len(), 1);
+            assert_eq!(times_of(&report.events, "resumed").len(), 1);
+        }
+        assert_eq!(report.committed.len(), 1, "burst {burst_ms} ms");
+        assert!(
+            !report.committed[0].interrupted,
+            "burst {burst_ms} ms: reply must complete"
+        );
+    }
+}
