@@ -5,6 +5,7 @@
 //! - [`frame`]: audio frames, control-plane events, clocks.
 //! - [`audio`]: lock-free rings, edge resampling, frame assembly, WAV files.
 //! - [`vad`]: voice activity backends and the turn-taking state machine.
+//! - [`pipeline`]: generic frame stages on SPSC frame rings (cost measurement).
 //! - [`session`]: one conversation's data plane feeding the coordinator.
 //! - [`turn`]: the turn coordinator (epochs, staging, commit, barge-in) and playout.
 //! - [`agent`]: what answers a turn (parrot, voice = STT → LLM → TTS).
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod audio;
 pub mod frame;
 pub mod llm;
+pub mod pipeline;
 pub mod session;
 pub mod stt;
 pub mod transport;

@@ -115,36 +115,37 @@ pub fn read_wav(path: &Path) -> Result<WavAudio, WavError> {
         path: p(),
         reason: e.to_string(),
     };
-    let samples: Vec<f32> =
-        match (spec.sample_format, spec.bits_per_sample) {
-            (hound::SampleFormat::Float, 32) => reader
-                .into_samples::<f32>()
-                .map(|s| {
-                    s.map(|v| {
-                        if v.is_finite() {
-                            v.clamp(-1.0, 1.0)
-                        } else {
-                            0.0
-                        }
-                    })
+    let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Float, 32) => reader
+            .into_samples::<f32>()
+            .map(|s| {
+                s.map(|v| {
+                    if v.is_finite() {
+                        v.clamp(-1.0, 1.0)
+                    } else {
+                        0.0
+                    }
                 })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(malformed)?,
+        (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
+            let scale = 1.0 / (1u64 << (bits - 1)) as f32;
+            reader
+                .into_samples::<i32>()
+                .map(|s| s.map(|v| v as f32 * scale))
                 .collect::<Result<_, _>>()
-                .map_err(malformed)?,
-            (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
-                let scale = 1.0 / (1u64 << (bits - 1)) as f32;
-                reader
-                    .into_samples::<i32>()
-                    .map(|s| s.map(|v| v as f32 * scale))
-                    .collect::<Result<_, _>>()
-                    .map_err(malformed)?
-            }
-            (fmt, bits) => return Err(WavError::Unsupported {
+                .map_err(malformed)?
+        }
+        (fmt, bits) => {
+            return Err(WavError::Unsupported {
                 path: p(),
                 reason: format!(
                     "{bits}-bit {fmt:?} samples (supported: 8/16/24/32-bit integer, 32-bit float)"
                 ),
-            }),
-        };
+            })
+        }
+    };
     if samples.is_empty() {
         return Err(WavError::Empty { path: p() });
     }
