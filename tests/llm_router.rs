@@ -218,7 +218,7 @@ async fn a_mid_stream_failure_before_audio_restarts_on_the_next_model_but_not_af
 #[tokio::test(start_paused = true)]
 async fn dropping_a_turn_cancels_its_model_stream() {
     let a = Arc::new(ScriptedModel::new("p", "a", Script::n_tokens(50, 50, 10)));
-    let r = router(&[a.clone()], policy(0.0), no_retry());
+    let r = router(std::slice::from_ref(&a), policy(0.0), no_retry());
     let cancel = CancelSignal::new(CancellationToken::new(), CancelReason::Shutdown);
     let mut reply = r.start_turn(
         ChatRequest::new(vec![ChatMessage::user("x")]),
@@ -229,7 +229,10 @@ async fn dropping_a_turn_cancels_its_model_stream() {
     let _first = reply.next().await;
     drop(reply);
     tokio::time::sleep(ms(100)).await;
-    assert!(cancel.is_cancelled());
+    assert!(
+        !cancel.is_cancelled(),
+        "only the turn's child signal was cancelled"
+    );
     assert_eq!(a.dropped_early(), 1);
 }
 
@@ -299,7 +302,7 @@ async fn over_http_a_failing_model_falls_back_to_the_next_server() {
 #[tokio::test(start_paused = true)]
 async fn the_store_round_trips_and_survives_a_restart() {
     let a = Arc::new(ScriptedModel::new("p", "a", Script::n_tokens(3, 120, 10)));
-    let r = router(&[a.clone()], policy(0.0), no_retry());
+    let r = router(std::slice::from_ref(&a), policy(0.0), no_retry());
     for _ in 0..4 {
         turn(&r).await;
     }
@@ -313,4 +316,25 @@ async fn the_store_round_trips_and_survives_a_restart() {
     assert_eq!(sum.ttft_p50_ms, Some(120));
     let table = loaded.render_table(r.runner().telemetry.now_ms());
     assert!(table.contains("p/a") && table.contains("120"), "{table}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_barge_in_on_the_callers_signal_cancels_the_turn_with_that_reason() {
+    let a = Arc::new(ScriptedModel::new("p", "a", Script::n_tokens(50, 50, 10)));
+    let r = router(std::slice::from_ref(&a), policy(0.0), no_retry());
+    let cancel = CancelSignal::new(CancellationToken::new(), CancelReason::Shutdown);
+    let mut reply = r.start_turn(
+        ChatRequest::new(vec![ChatMessage::user("x")]),
+        4,
+        Instant::now() + Duration::from_secs(9),
+        cancel.clone(),
+    );
+    let _first = reply.next().await;
+    cancel.cancel(CancelReason::BargeIn);
+    let mut last = None;
+    while let Some(i) = reply.next().await {
+        last = Some(i);
+    }
+    assert_eq!(last, Some(TurnItem::Cancelled(CancelReason::BargeIn)));
+    assert_eq!(a.dropped_early(), 1);
 }

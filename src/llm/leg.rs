@@ -60,6 +60,7 @@ pub struct CancelSignal {
     token: CancellationToken,
     reason: Arc<OnceLock<CancelReason>>,
     default_reason: CancelReason,
+    parent: Option<Arc<CancelSignal>>,
 }
 
 impl CancelSignal {
@@ -70,6 +71,18 @@ impl CancelSignal {
             token,
             reason: Arc::new(OnceLock::new()),
             default_reason,
+            parent: None,
+        }
+    }
+
+    /// A child: cancelled with this signal (reading its reason), and
+    /// cancellable on its own without touching this one.
+    pub fn child(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+            reason: Arc::new(OnceLock::new()),
+            default_reason: self.default_reason,
+            parent: Some(Arc::new(self.clone())),
         }
     }
 
@@ -90,7 +103,11 @@ impl CancelSignal {
 
     /// The reason, once cancelled.
     pub fn reason(&self) -> CancelReason {
-        self.reason.get().copied().unwrap_or(self.default_reason)
+        match (self.reason.get(), &self.parent) {
+            (Some(r), _) => *r,
+            (None, Some(p)) if p.is_cancelled() => p.reason(),
+            (None, _) => self.default_reason,
+        }
     }
 
     /// Waits for the cancel and returns its reason.
@@ -301,18 +318,31 @@ impl LegRunner {
             .boxed();
         let mut delivered = false;
 
+        // Timers are registered once and moved, not re-created per token.
+        let deadline = sleep_until(input.deadline);
+        tokio::pin!(deadline);
+        let mut timeout_at = start + first_token_timeout;
+        let timeout = sleep_until(timeout_at);
+        tokio::pin!(timeout);
+        let cancelled = input.cancel.cancelled();
+        tokio::pin!(cancelled);
+
         let end = loop {
-            let timeout_at = if span.has_token() {
+            let due = if span.has_token() {
                 span.last_token_at() + stall_timeout
             } else {
                 start + first_token_timeout
             };
+            if due != timeout_at {
+                timeout_at = due;
+                timeout.as_mut().reset(due);
+            }
             let step = tokio::select! {
                 biased;
-                reason = input.cancel.cancelled() => Step::Cancel(reason),
-                _ = sleep_until(input.deadline) => Step::Cancel(CancelReason::Deadline),
+                reason = &mut cancelled => Step::Cancel(reason),
+                _ = &mut deadline => Step::Cancel(CancelReason::Deadline),
                 item = stream.next() => Step::Item(item),
-                _ = sleep_until(timeout_at) => Step::Timeout,
+                _ = &mut timeout => Step::Timeout,
                 _ = heartbeat.tick() => Step::Tick,
             };
             match step {

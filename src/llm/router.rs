@@ -331,7 +331,8 @@ impl Router {
     }
 
     /// Starts a turn: plans, then runs the leg with fallback in a task.
-    /// `deadline` bounds the whole turn (retries included).
+    /// `deadline` bounds the whole turn (retries included); cancelling
+    /// `cancel` (or a parent of its token) cancels the turn with that reason.
     pub fn start_turn(
         self: &Arc<Self>,
         request: ChatRequest,
@@ -339,6 +340,8 @@ impl Router {
         deadline: Instant,
         cancel: CancelSignal,
     ) -> TurnReply {
+        // Dropping the reply cancels only this turn's child signal.
+        let cancel = cancel.child();
         let (tx, rx) = mpsc::channel(256);
         let audio_played = Arc::new(AtomicBool::new(false));
         let input = LegInput {

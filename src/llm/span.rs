@@ -408,6 +408,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn completed_reports_tokens_per_second_and_cost_when_priced() {
+        let sink = SpanSink::new(16);
+        let mut rx = sink.subscribe();
+        let mut span = LegSpan::start(sink.clone(), header(), 10, 1);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        span.token();
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let price = crate::llm::Price {
+            input_per_mtok: 1.0,
+            output_per_mtok: 4.0,
+        };
+        let usage = crate::llm::Usage {
+            tokens_in: 1000,
+            tokens_out: 11,
+        };
+        span.complete(FinishReason::Stop, Some(usage), Some(&price));
+        let last = std::iter::from_fn(|| rx.try_recv().ok())
+            .last()
+            .expect("event");
+        match last.kind {
+            SpanKind::Completed {
+                tokens_per_s,
+                cost_usd,
+                total_ms,
+                ..
+            } => {
+                assert_eq!(total_ms, 600);
+                assert_eq!(
+                    tokens_per_s,
+                    Some(20.0),
+                    "10 tokens after the first in 0.5 s"
+                );
+                let cost = cost_usd.expect("priced");
+                assert!((cost - (1000.0 * 1.0 + 11.0 * 4.0) / 1e6).abs() < 1e-12);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_dropped_span_fails_with_class_other() {
         let sink = SpanSink::new(16);
         let mut rx = sink.subscribe();

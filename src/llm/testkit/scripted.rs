@@ -165,7 +165,10 @@ impl ChatModel for ScriptedModel {
                 } else {
                     script.token_interval
                 };
-                tokio::time::sleep(delay).await;
+                // A zero delay must not wait for the timer's next tick.
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 if let Some((after, d)) = script.stall {
                     if i == after && i > 0 {
                         tokio::time::sleep(d).await;
