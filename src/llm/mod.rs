@@ -15,6 +15,7 @@ pub mod openai;
 pub mod retry;
 pub mod router;
 pub mod span;
+pub mod stack;
 pub mod telemetry;
 pub mod testkit;
 
@@ -22,6 +23,7 @@ pub use config::{ApiKey, LlmConfig, ModelSpec, Price};
 pub use leg::{CancelSignal, LegRunner, LegTimeouts};
 pub use router::{Candidate, RoutePlan, Router, RouterPolicy, TurnItem, TurnReply};
 pub use span::{SpanEvent, SpanKind, SpanSink};
+pub use stack::LlmStack;
 pub use telemetry::{Telemetry, TelemetryStore, WindowConfig};
 
 use async_trait::async_trait;

@@ -526,6 +526,11 @@ mod tests {
         let table = back.render_table(700);
         assert!(table.contains("p/fast"), "{table}");
         assert!(table.contains("rate_limited 429"), "{table}");
+        let status = status_table(&path).expect("status");
+        assert!(status.starts_with("MODEL"), "{status}");
+        assert!(status_table(&dir.path().join("none.json"))
+            .expect("empty")
+            .contains("no LLM requests"));
         let missing = TelemetryStore::load(&dir.path().join("none.json"), window()).expect("empty");
         assert!(missing.models.is_empty());
         std::fs::write(&path, "{not json").expect("write");
