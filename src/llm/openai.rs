@@ -131,8 +131,17 @@ fn is_loopback(base_url: &str) -> bool {
         .any(|p| rest.starts_with(p))
 }
 
-/// An `async-openai` client for `base_url` that never retries (invariant 1).
-pub fn build_client(base_url: &str, key: Option<&ApiKey>) -> Client<OpenAIConfig> {
+/// Whole-request limit of the STT and TTS clients (chat streams are timed by
+/// the leg instead).
+pub const SPEECH_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An `async-openai` client for `base_url` that never retries (invariant 1),
+/// with an optional whole-request `timeout`.
+pub fn build_client(
+    base_url: &str,
+    key: Option<&ApiKey>,
+    timeout: Option<Duration>,
+) -> Client<OpenAIConfig> {
     let config = OpenAIConfig::new()
         .with_api_base(base_url)
         .with_api_key(key.map(ApiKey::expose).unwrap_or_default())
@@ -141,6 +150,9 @@ pub fn build_client(base_url: &str, key: Option<&ApiKey>) -> Client<OpenAIConfig
     let mut builder = reqwest::Client::builder();
     if is_loopback(base_url) {
         builder = builder.no_proxy();
+    }
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
     }
     // Building only fails on TLS back-end set-up; the default client then.
     let http = builder.build().unwrap_or_default();
@@ -249,7 +261,7 @@ impl OpenAiChat {
         Self {
             provider: provider.into(),
             model: model.into(),
-            client: build_client(base_url, key.as_ref()),
+            client: build_client(base_url, key.as_ref(), None),
             key,
         }
     }

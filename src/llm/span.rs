@@ -134,6 +134,28 @@ impl SpanSink {
         self.tx.subscribe()
     }
 
+    /// Spawns a task handing every event, as a control-plane [`Event::Span`],
+    /// to `deliver` (the JSONL log writer, the web page feed) until the sink
+    /// and all its clones are gone. A receiver that fell behind skips the
+    /// events it lost and logs how many.
+    pub fn forward_frame_events(
+        &self,
+        mut deliver: impl FnMut(Event) + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut rx = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => deliver(e.to_frame_event()),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "span events dropped for a slow receiver");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
     fn emit(&self, span: &tracing::Span, event: SpanEvent) {
         // Field values are only evaluated when the callsite is enabled.
         tracing::info!(
@@ -462,6 +484,19 @@ mod tests {
             }
         ));
         assert!(rx.try_recv().is_err(), "nothing after the terminal");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forwarded_frame_events_arrive_in_order_until_the_sink_goes() {
+        let sink = SpanSink::new(16);
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let g = got.clone();
+        let task = sink.forward_frame_events(move |e| g.lock().expect("lock").push(e.kind()));
+        let span = LegSpan::start(sink.clone(), header(), 1, 1);
+        span.cancel(CancelReason::Deadline);
+        drop(sink);
+        task.await.expect("forwarder ends when the sink is gone");
+        assert_eq!(*got.lock().expect("lock"), ["span", "span"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use crate::frame::SAMPLE_RATE;
 use crate::llm::config::ApiKey;
-use crate::llm::openai::{build_client, classify};
+use crate::llm::openai::{build_client, classify, SPEECH_REQUEST_TIMEOUT};
 use crate::stt::{SpeechToText, SttError, Transcript};
 use async_openai::config::OpenAIConfig;
 use async_openai::types::audio::{AudioInput, CreateTranscriptionRequest};
@@ -68,7 +68,7 @@ impl OpenAiStt {
         let model = model.into();
         Self {
             name: format!("openai:{model}"),
-            client: build_client(base_url, key.as_ref()),
+            client: build_client(base_url, key.as_ref(), Some(SPEECH_REQUEST_TIMEOUT)),
             model,
             language: Some("en".into()),
             key,

@@ -11,7 +11,7 @@
 //!    the API key (see `llm::openai`).
 
 use crate::llm::config::ApiKey;
-use crate::llm::openai::{build_client, classify};
+use crate::llm::openai::{build_client, classify, SPEECH_REQUEST_TIMEOUT};
 use crate::tts::{Speech, TextToSpeech, TtsError};
 use async_openai::config::OpenAIConfig;
 use async_openai::types::audio::{CreateSpeechRequest, SpeechModel, SpeechResponseFormat, Voice};
@@ -86,7 +86,7 @@ impl OpenAiTts {
         let voice = voice.into();
         Self {
             name: format!("openai:{model}:{voice}"),
-            client: build_client(base_url, key.as_ref()),
+            client: build_client(base_url, key.as_ref(), Some(SPEECH_REQUEST_TIMEOUT)),
             model,
             voice,
             key,
