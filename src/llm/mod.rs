@@ -8,6 +8,24 @@
 //! 2. An [`LlmError`] always carries an [`ErrorClass`]; routing and retries
 //!    decide on the class, never on message text.
 
+pub mod config;
+pub mod leg;
+pub mod lifecycle;
+pub mod openai;
+pub mod retry;
+pub mod router;
+pub mod span;
+pub mod stack;
+pub mod telemetry;
+pub mod testkit;
+
+pub use config::{ApiKey, LlmConfig, ModelSpec, Price};
+pub use leg::{CancelSignal, LegRunner, LegTimeouts};
+pub use router::{Candidate, RoutePlan, Router, RouterPolicy, TurnItem, TurnReply};
+pub use span::{SpanEvent, SpanKind, SpanSink};
+pub use stack::LlmStack;
+pub use telemetry::{Telemetry, TelemetryStore, WindowConfig};
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod normalize;
 
+pub mod openai;
+
 /// The text of one utterance.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Transcript {

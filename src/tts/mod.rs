@@ -9,6 +9,8 @@
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+pub mod openai;
+
 /// Synthesised speech.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Speech {
