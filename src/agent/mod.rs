@@ -152,4 +152,8 @@ pub trait Agent: Send + Sync {
     /// Whether the agent produces transcripts (so backchannels can be told
     /// from real interruptions by their words).
     fn transcribes(&self) -> bool;
+    /// LLM span events of this agent's requests, for the session's event log.
+    fn span_feed(&self) -> Option<tokio::sync::broadcast::Receiver<crate::llm::span::SpanEvent>> {
+        None
+    }
 }

@@ -110,6 +110,8 @@ pub struct Session {
     /// End of the last processed frame (samples).
     now: u64,
     events: Vec<TimedEvent>,
+    /// LLM span events (telemetry: logged, never fenced by epoch).
+    span_feed: Option<tokio::sync::broadcast::Receiver<crate::llm::span::SpanEvent>>,
     cancel: CancellationToken,
 }
 
@@ -126,6 +128,7 @@ impl Session {
         let playout = Playout::new(output, config.output_rate).map_err(SessionError::Output)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancel = CancellationToken::new();
+        let span_feed = agent.span_feed();
         let coordinator = Coordinator::new(
             config.coordinator.clone(),
             agent,
@@ -157,6 +160,7 @@ impl Session {
             cost_mode: config.cost_mode,
             now: 0,
             events: Vec::with_capacity(64),
+            span_feed,
             cancel,
         })
     }
@@ -213,6 +217,7 @@ impl Session {
             self.process_frame(&frame);
         }
         self.deliver_due();
+        self.collect_spans();
     }
 
     /// The per-frame data path: VAD → turn detector → utterance capture →
@@ -383,6 +388,25 @@ impl Session {
 
     fn push_event(&mut self, t_ms: u64, event: Event) {
         self.events.push(TimedEvent { t_ms, event });
+    }
+
+    fn collect_spans(&mut self) {
+        let Some(feed) = self.span_feed.as_mut() else {
+            return;
+        };
+        let now_ms = samples_to_ms(self.now);
+        loop {
+            match feed.try_recv() {
+                Ok(span) => self.events.push(TimedEvent {
+                    t_ms: now_ms,
+                    event: span.to_frame_event(),
+                }),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "span events dropped from the session log")
+                }
+                Err(_) => break,
+            }
+        }
     }
 
     fn collect_events(&mut self) {

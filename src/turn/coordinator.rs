@@ -108,6 +108,7 @@ struct Staging {
     judging: bool,
     end_of_speech_ms: u64,
     stt_ms: Option<u64>,
+    first_token_ms: Option<u64>,
 }
 
 /// A reply stopped by a barge-in, waiting for the verdict on the interruption.
@@ -341,6 +342,7 @@ impl Coordinator {
             judging,
             end_of_speech_ms: now_ms,
             stt_ms: None,
+            first_token_ms: None,
         });
         self.state = TurnState::Thinking;
         self.emit(now_ms, Event::TurnOpened { epoch: self.epoch });
@@ -422,7 +424,11 @@ impl Coordinator {
                     }
                 }
             }
-            Payload::Token(_) => {}
+            Payload::Token(_) => {
+                if let Some(st) = self.staging.as_mut() {
+                    st.first_token_ms.get_or_insert(now_ms);
+                }
+            }
             Payload::Speech { text, audio } => {
                 if self.state != TurnState::Speaking {
                     self.playout.begin_reply();
@@ -435,7 +441,7 @@ impl Coordinator {
                                 epoch,
                                 end_of_speech_ms: st.end_of_speech_ms,
                                 stt_ms: st.stt_ms,
-                                first_token_ms: None,
+                                first_token_ms: st.first_token_ms,
                                 first_audio_ms: now_ms,
                             },
                         });
@@ -486,14 +492,16 @@ impl Coordinator {
                 return;
             }
         }
-        self.emit(
-            now_ms,
-            Event::Staged {
-                epoch,
-                task: msg.task,
-                what: what.to_string(),
-            },
-        );
+        if what != "token" {
+            self.emit(
+                now_ms,
+                Event::Staged {
+                    epoch,
+                    task: msg.task,
+                    what: what.to_string(),
+                },
+            );
+        }
     }
 
     fn is_backchannel(&self, text: &str) -> bool {
@@ -593,6 +601,7 @@ impl Coordinator {
             judging: false,
             end_of_speech_ms: now_ms,
             stt_ms: None,
+            first_token_ms: None,
         };
         // Keep heard chunks in the text but not in the audio.
         staging.chunks.extend(s.chunks[..idx].iter().cloned());
@@ -667,6 +676,10 @@ impl Coordinator {
             self.emit(now_ms, Event::BotStoppedSpeaking { epoch: st.epoch });
         }
         self.state = TurnState::Idle;
+        if st.user_text.trim().is_empty() && st.chunks.is_empty() && st.tools.is_empty() {
+            // No words and no reply (noise the VAD let through): nothing to keep.
+            return;
+        }
         self.push_round(messages, interrupted, now_ms);
     }
 
