@@ -100,6 +100,8 @@ struct Staging {
     user_text: String,
     /// The utterance this turn answers (carried over if the turn is dropped).
     audio: Arc<[i16]>,
+    /// The task's token (cancelled again on barge-in even after it finished).
+    cancel: CancellationToken,
     tools: Vec<(ToolCall, String)>,
     chunks: Vec<(String, Arc<[i16]>)>,
     done: bool,
@@ -141,6 +143,8 @@ pub struct Coordinator {
     candidate: Option<u64>,
     carried_audio: Vec<i16>,
     quarantined: u64,
+    /// Attempts to give a task a second outcome (must stay 0: invariant 4).
+    outcome_conflicts: u64,
     events: Vec<TimedEvent>,
     committed: Vec<CommittedRound>,
 }
@@ -172,6 +176,7 @@ impl Coordinator {
             candidate: None,
             carried_audio: Vec::new(),
             quarantined: 0,
+            outcome_conflicts: 0,
             events: Vec::new(),
             committed: Vec::new(),
         }
@@ -224,6 +229,22 @@ impl Coordinator {
     /// Takes the rounds committed since the last call (for the journal).
     pub fn drain_committed(&mut self) -> std::vec::Drain<'_, CommittedRound> {
         self.committed.drain(..)
+    }
+
+    /// Records how a task ended; a second outcome is counted as a conflict
+    /// and ignored (holds invariant 4).
+    fn set_outcome(&mut self, task: TaskId, outcome: Outcome) {
+        if self.outcomes.contains_key(&task) {
+            self.outcome_conflicts += 1;
+            tracing::error!(task, ?outcome, "task already has an outcome");
+            return;
+        }
+        self.outcomes.insert(task, outcome);
+    }
+
+    /// Tasks given a second outcome (always 0 unless invariant 4 is broken).
+    pub fn outcome_conflicts(&self) -> u64 {
+        self.outcome_conflicts
     }
 
     fn emit(&mut self, t_ms: u64, event: Event) {
@@ -336,6 +357,7 @@ impl Coordinator {
             task,
             user_text: String::new(),
             audio: audio.clone(),
+            cancel: cancel.clone(),
             tools: Vec::new(),
             chunks: Vec::new(),
             done: false,
@@ -382,7 +404,8 @@ impl Coordinator {
                 .is_some_and(|s| s.task == msg.task && s.epoch == msg.epoch);
         if !current {
             self.quarantined += 1;
-            if !self.outcomes.contains_key(&msg.task) && !self.in_flight.contains_key(&msg.task) {
+            // A task id never dispatched: its only outcome is this quarantine.
+            if msg.task >= self.next_task && !self.outcomes.contains_key(&msg.task) {
                 self.outcomes.insert(msg.task, Outcome::Quarantined);
             }
             self.emit(
@@ -471,7 +494,7 @@ impl Coordinator {
             }
             Payload::Failed(message) => {
                 self.in_flight.remove(&msg.task);
-                self.outcomes.insert(msg.task, Outcome::Failed);
+                self.set_outcome(msg.task, Outcome::Failed);
                 self.emit(
                     now_ms,
                     Event::Error {
@@ -515,7 +538,7 @@ impl Coordinator {
             std::mem::take(&mut self.in_flight).into_iter().collect();
         for (task, f) in tasks {
             f.cancel.cancel();
-            self.outcomes.insert(task, Outcome::Cancelled(reason));
+            self.set_outcome(task, Outcome::Cancelled(reason));
             self.emit(
                 now_ms,
                 Event::TaskCancelled {
@@ -545,6 +568,13 @@ impl Coordinator {
             },
         );
         if let Some(st) = self.staging.take() {
+            // A reply that had finished producing is cut here: its task ends
+            // as cancelled by the barge-in (the heard prefix may still be
+            // committed, see `commit_suspended`).
+            st.cancel.cancel();
+            if st.task != 0 && !self.outcomes.contains_key(&st.task) {
+                self.set_outcome(st.task, Outcome::Cancelled(CancelReason::BargeIn));
+            }
             self.suspended = Some(Suspended {
                 user_text: st.user_text,
                 tools: st.tools,
@@ -595,6 +625,7 @@ impl Coordinator {
             task: 0,
             user_text: s.user_text,
             audio: Arc::from(Vec::new()),
+            cancel: CancellationToken::new(),
             tools: s.tools,
             chunks: Vec::new(),
             done: true,
@@ -647,8 +678,9 @@ impl Coordinator {
                 },
             );
         }
-        self.outcomes
-            .insert(task, Outcome::Cancelled(CancelReason::BargeIn));
+        if !self.outcomes.contains_key(&task) {
+            self.set_outcome(task, Outcome::Cancelled(CancelReason::BargeIn));
+        }
         self.staging = None;
     }
 
@@ -670,7 +702,7 @@ impl Coordinator {
         msg.interrupted = interrupted;
         messages.push(msg);
         if st.task != 0 {
-            self.outcomes.insert(st.task, Outcome::Committed);
+            self.set_outcome(st.task, Outcome::Committed);
         }
         if self.state == TurnState::Speaking {
             self.emit(now_ms, Event::BotStoppedSpeaking { epoch: st.epoch });
@@ -735,9 +767,21 @@ impl Coordinator {
     }
 
     /// Cancels everything (session end).
+    /// Cancels everything (reason: shutdown). What the user already heard is
+    /// committed, marked interrupted; nothing unheard is.
     pub fn shutdown(&mut self, now_ms: u64) {
+        let played = self.playout.played_16k();
         self.playout.silence();
         self.cancel_all(CancelReason::Shutdown, now_ms);
+        if let Some(st) = &self.staging {
+            st.cancel.cancel();
+            if st.task != 0 && !self.outcomes.contains_key(&st.task) {
+                self.set_outcome(st.task, Outcome::Cancelled(CancelReason::Shutdown));
+            }
+        }
+        if self.state == TurnState::Speaking {
+            self.commit_staging_prefix(played, now_ms);
+        }
         self.staging = None;
         self.state = TurnState::Idle;
         if self.suspended.is_some() {
