@@ -13,7 +13,9 @@ step() { printf '\n==> %s\n' "$*"; }
 pkgs=(cmake clang libclang-dev pkg-config libasound2-dev libespeak-ng-dev espeak-ng sox
       pocketsphinx-testdata python3-pip ca-certificates)
 if [ "$want_test" = 1 ]; then
-  pkgs+=(pulseaudio pulseaudio-utils libasound2-plugins iproute2 chromium nodejs npm)
+  pkgs+=(pulseaudio pulseaudio-utils libasound2-plugins iproute2 chromium)
+  # Node.js for the browser test; the machine's own node/npm is fine.
+  command -v npm >/dev/null || pkgs+=(nodejs npm)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
