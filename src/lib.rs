@@ -11,11 +11,13 @@
 //! - [`agent`]: what answers a turn (parrot, voice = STT → LLM → TTS).
 //! - [`stt`], [`llm`], [`tts`]: the three model stages, each a trait with one
 //!   backend per file.
+//! - [`journal`]: committed turns in SQLite; sessions and traces.
 //! - [`transport`]: file replay (and, later, WebSocket and local devices).
 
 pub mod agent;
 pub mod audio;
 pub mod frame;
+pub mod journal;
 pub mod llm;
 pub mod pipeline;
 pub mod session;

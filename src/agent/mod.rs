@@ -56,6 +56,8 @@ pub enum Payload {
     Transcript(String),
     /// Model text as it streams (for live display; not spoken by itself).
     Token(String),
+    /// Which model answered (for the journal).
+    Model(String),
     /// A speakable chunk: its text and its audio at 16 kHz.
     Speech { text: String, audio: Arc<[i16]> },
     /// A tool call and its result, as one unit (never one without the other).
@@ -75,6 +77,7 @@ impl Payload {
         match self {
             Payload::Transcript(_) => "transcript",
             Payload::Token(_) => "token",
+            Payload::Model(_) => "model",
             Payload::Speech { .. } => "speech",
             Payload::Tool { .. } => "tool",
             Payload::Done => "done",

@@ -85,6 +85,18 @@ pub struct CommittedRound {
     pub messages: Vec<ChatMessage>,
     pub interrupted: bool,
     pub committed_ms: u64,
+    pub timing: TurnTiming,
+    /// The model that answered, when the agent said.
+    pub model: Option<String>,
+}
+
+/// When each stage of a turn happened (session ms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnTiming {
+    pub end_of_speech_ms: Option<u64>,
+    pub stt_ms: Option<u64>,
+    pub first_token_ms: Option<u64>,
+    pub first_audio_ms: Option<u64>,
 }
 
 struct InFlight {
@@ -111,6 +123,19 @@ struct Staging {
     end_of_speech_ms: u64,
     stt_ms: Option<u64>,
     first_token_ms: Option<u64>,
+    first_audio_ms: Option<u64>,
+    model: Option<String>,
+}
+
+impl Staging {
+    fn timing(&self) -> TurnTiming {
+        TurnTiming {
+            end_of_speech_ms: Some(self.end_of_speech_ms),
+            stt_ms: self.stt_ms,
+            first_token_ms: self.first_token_ms,
+            first_audio_ms: self.first_audio_ms,
+        }
+    }
 }
 
 /// A reply stopped by a barge-in, waiting for the verdict on the interruption.
@@ -121,6 +146,8 @@ struct Suspended {
     done: bool,
     played: u64,
     spoken: String,
+    timing: TurnTiming,
+    model: Option<String>,
 }
 
 /// The turn coordinator. Single-threaded (invariant 6).
@@ -365,6 +392,8 @@ impl Coordinator {
             end_of_speech_ms: now_ms,
             stt_ms: None,
             first_token_ms: None,
+            first_audio_ms: None,
+            model: None,
         });
         self.state = TurnState::Thinking;
         self.emit(now_ms, Event::TurnOpened { epoch: self.epoch });
@@ -447,6 +476,11 @@ impl Coordinator {
                     }
                 }
             }
+            Payload::Model(model) => {
+                if let Some(st) = self.staging.as_mut() {
+                    st.model = Some(model);
+                }
+            }
             Payload::Token(_) => {
                 if let Some(st) = self.staging.as_mut() {
                     st.first_token_ms.get_or_insert(now_ms);
@@ -457,6 +491,9 @@ impl Coordinator {
                     self.playout.begin_reply();
                     self.state = TurnState::Speaking;
                     self.emit(now_ms, Event::BotStartedSpeaking { epoch });
+                    if let Some(st) = self.staging.as_mut() {
+                        st.first_audio_ms.get_or_insert(now_ms);
+                    }
                     if let Some(st) = &self.staging {
                         self.events.push(TimedEvent {
                             t_ms: now_ms,
@@ -515,7 +552,7 @@ impl Coordinator {
                 return;
             }
         }
-        if what != "token" {
+        if what != "token" && what != "model" {
             self.emit(
                 now_ms,
                 Event::Staged {
@@ -575,6 +612,7 @@ impl Coordinator {
             if st.task != 0 && !self.outcomes.contains_key(&st.task) {
                 self.set_outcome(st.task, Outcome::Cancelled(CancelReason::BargeIn));
             }
+            let timing = st.timing();
             self.suspended = Some(Suspended {
                 user_text: st.user_text,
                 tools: st.tools,
@@ -582,6 +620,8 @@ impl Coordinator {
                 done: st.done,
                 played,
                 spoken,
+                timing,
+                model: st.model,
             });
         }
         self.state = TurnState::Idle;
@@ -633,6 +673,8 @@ impl Coordinator {
             end_of_speech_ms: now_ms,
             stt_ms: None,
             first_token_ms: None,
+            first_audio_ms: None,
+            model: None,
         };
         // Keep heard chunks in the text but not in the audio.
         staging.chunks.extend(s.chunks[..idx].iter().cloned());
@@ -662,7 +704,7 @@ impl Coordinator {
             return;
         };
         let messages = interrupted_round(&s);
-        self.push_round(messages, true, now_ms);
+        self.push_round(messages, true, s.timing, s.model, now_ms);
     }
 
     /// Drops the current (judging) turn: the bot resumes instead.
@@ -712,7 +754,8 @@ impl Coordinator {
             // No words and no reply (noise the VAD let through): nothing to keep.
             return;
         }
-        self.push_round(messages, interrupted, now_ms);
+        let timing = st.timing();
+        self.push_round(messages, interrupted, timing, st.model, now_ms);
     }
 
     fn commit_staging_prefix(&mut self, played: u64, now_ms: u64) {
@@ -732,10 +775,18 @@ impl Coordinator {
         let mut msg = ChatMessage::assistant(spoken);
         msg.interrupted = true;
         messages.push(msg);
-        self.push_round(messages, true, now_ms);
+        let timing = st.timing();
+        self.push_round(messages, true, timing, st.model, now_ms);
     }
 
-    fn push_round(&mut self, messages: Vec<ChatMessage>, interrupted: bool, now_ms: u64) {
+    fn push_round(
+        &mut self,
+        messages: Vec<ChatMessage>,
+        interrupted: bool,
+        timing: TurnTiming,
+        model: Option<String>,
+        now_ms: u64,
+    ) {
         let user = messages
             .iter()
             .find(|m| m.role == crate::llm::Role::User)
@@ -754,6 +805,8 @@ impl Coordinator {
             messages,
             interrupted,
             committed_ms: now_ms,
+            timing,
+            model,
         });
         self.emit(
             now_ms,

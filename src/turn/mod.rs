@@ -29,6 +29,6 @@ mod coordinator;
 pub mod playout;
 
 pub use coordinator::{
-    CommittedRound, Coordinator, CoordinatorConfig, Outcome, ResumeMode, TurnState,
+    CommittedRound, Coordinator, CoordinatorConfig, Outcome, ResumeMode, TurnState, TurnTiming,
 };
 pub use playout::{Playout, SpokenChunk};

@@ -1,0 +1,496 @@
+//! The conversation journal: sessions and committed turns in SQLite (WAL).
+//!
+//! # Invariants
+//! 1. Only committed rounds are written, each in one transaction at commit
+//!    time: after a crash the journal holds every turn whose commit returned,
+//!    and never half a turn.
+//! 2. A journal that cannot be opened, is read-only, locked or corrupt is
+//!    refused at start with an error naming the file and the cause; a write
+//!    that fails mid-session returns an error the caller reports as an event
+//!    while the conversation goes on (nothing already written is touched).
+//! 3. The journal never stores API keys or configuration secrets: only the
+//!    conversation, timings and model names.
+
+use crate::llm::{ChatMessage, Role};
+use crate::turn::{CommittedRound, TurnTiming};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why the journal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: cannot open: {cause} (fix: check the path and its permissions, or pass --journal PATH)")]
+    Open { path: PathBuf, cause: String },
+    #[error("journal {path}: is not a usable database: {cause} (fix: move the file away; a new journal will be created)")]
+    Corrupt { path: PathBuf, cause: String },
+    #[error("journal {path}: cannot write: {cause}")]
+    Write { path: PathBuf, cause: String },
+    #[error("journal {path}: no session {id} (see `colloquy sessions`)")]
+    NoSession { path: PathBuf, id: String },
+}
+
+/// A session as listed by `colloquy sessions`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SessionSummary {
+    pub id: String,
+    pub started_at: i64,
+    pub agent: String,
+    pub source: String,
+    pub turns: i64,
+    pub interruptions: i64,
+    pub quarantined: i64,
+}
+
+/// One committed turn as stored.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TurnRecord {
+    pub index: i64,
+    pub epoch: i64,
+    pub user: String,
+    pub assistant: String,
+    pub interrupted: bool,
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub timing: TurnTiming,
+    pub committed_ms: i64,
+}
+
+impl TurnRecord {
+    /// Voice-to-voice latency: end of speech → first audio (ms).
+    pub fn voice_to_voice_ms(&self) -> Option<u64> {
+        Some(self.timing.first_audio_ms?.saturating_sub(self.timing.end_of_speech_ms?))
+    }
+}
+
+/// The journal file.
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    started_at INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    source TEXT NOT NULL,
+    quarantined INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS turns (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    idx INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    user_text TEXT NOT NULL,
+    assistant_text TEXT NOT NULL,
+    interrupted INTEGER NOT NULL,
+    model TEXT,
+    messages TEXT NOT NULL,
+    end_of_speech_ms INTEGER,
+    stt_ms INTEGER,
+    first_token_ms INTEGER,
+    first_audio_ms INTEGER,
+    committed_ms INTEGER NOT NULL,
+    written_at INTEGER NOT NULL,
+    PRIMARY KEY (session_id, idx)
+);
+";
+
+impl Journal {
+    /// The journal path: `COLLOQUY_JOURNAL`, else the user's data directory.
+    pub fn default_path() -> PathBuf {
+        if let Some(p) = std::env::var_os("COLLOQUY_JOURNAL") {
+            return PathBuf::from(p);
+        }
+        dirs::data_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("colloquy")
+            .join("journal.sqlite")
+    }
+
+    /// Opens (creating if needed) and checks the journal (invariant 2).
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        let open_err = |cause: String| JournalError::Open {
+            path: path.to_path_buf(),
+            cause,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        let corrupt = |e: rusqlite::Error| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            cause: e.to_string(),
+        };
+        conn.busy_timeout(std::time::Duration::from_millis(500))
+            .map_err(|e| open_err(e.to_string()))?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if check != "ok" {
+            return Err(JournalError::Corrupt {
+                path: path.to_path_buf(),
+                cause: check,
+            });
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| classify_open(path, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(mode, "journal is not in WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+            .map_err(|e| classify_open(path, e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| classify_open(path, e))?;
+        // Refuse a journal we could not write to at start, not mid-session.
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .map_err(|e| classify_open(path, e))?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write_err(&self, e: rusqlite::Error) -> JournalError {
+        JournalError::Write {
+            path: self.path.clone(),
+            cause: e.to_string(),
+        }
+    }
+
+    /// Starts a new session (or resumes `resume`); returns its id.
+    pub fn start_session(
+        &mut self,
+        resume: Option<&str>,
+        agent: &str,
+        source: &str,
+    ) -> Result<String, JournalError> {
+        if let Some(id) = resume {
+            return if self.session_exists(id)? {
+                Ok(id.to_string())
+            } else {
+                Err(JournalError::NoSession {
+                    path: self.path.clone(),
+                    id: id.to_string(),
+                })
+            };
+        }
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.conn
+            .execute(
+                "INSERT INTO sessions (id, started_at, agent, source) VALUES (?1, ?2, ?3, ?4)",
+                params![id, unix_now(), agent, source],
+            )
+            .map_err(|e| self.write_err(e))?;
+        Ok(id)
+    }
+
+    fn session_exists(&self, id: &str) -> Result<bool, JournalError> {
+        self.conn
+            .query_row("SELECT 1 FROM sessions WHERE id = ?1", [id], |_| Ok(()))
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.write_err(e))
+    }
+
+    /// Writes one committed round in one transaction (invariant 1).
+    pub fn append_turn(&mut self, session: &str, round: &CommittedRound) -> Result<i64, JournalError> {
+        let user = first_text(&round.messages, Role::User);
+        let assistant = round
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::Assistant)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let messages = serde_json::to_string(&round.messages).unwrap_or_else(|_| "[]".into());
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| JournalError::Write {
+            path: path.clone(),
+            cause: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let idx: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?1",
+                [session],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        let t = round.timing;
+        tx.execute(
+            "INSERT INTO turns (session_id, idx, epoch, user_text, assistant_text, interrupted, model,
+                messages, end_of_speech_ms, stt_ms, first_token_ms, first_audio_ms, committed_ms, written_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                session,
+                idx,
+                round.epoch as i64,
+                user,
+                assistant,
+                round.interrupted,
+                round.model,
+                messages,
+                t.end_of_speech_ms.map(|v| v as i64),
+                t.stt_ms.map(|v| v as i64),
+                t.first_token_ms.map(|v| v as i64),
+                t.first_audio_ms.map(|v| v as i64),
+                round.committed_ms as i64,
+                unix_now(),
+            ],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(idx)
+    }
+
+    /// Records the session's quarantined-result count (at session end).
+    pub fn finish_session(&mut self, session: &str, quarantined: u64) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "UPDATE sessions SET quarantined = ?2 WHERE id = ?1",
+                params![session, quarantined as i64],
+            )
+            .map_err(|e| self.write_err(e))?;
+        Ok(())
+    }
+
+    /// All sessions, newest first.
+    pub fn sessions(&self) -> Result<Vec<SessionSummary>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT s.id, s.started_at, s.agent, s.source, s.quarantined,
+                        COUNT(t.idx), COALESCE(SUM(t.interrupted), 0)
+                 FROM sessions s LEFT JOIN turns t ON t.session_id = s.id
+                 GROUP BY s.id ORDER BY s.started_at DESC, s.rowid DESC",
+            )
+            .map_err(|e| self.write_err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(SessionSummary {
+                    id: r.get(0)?,
+                    started_at: r.get(1)?,
+                    agent: r.get(2)?,
+                    source: r.get(3)?,
+                    quarantined: r.get(4)?,
+                    turns: r.get(5)?,
+                    interruptions: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.write_err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.write_err(e))
+    }
+
+    /// The turns of `session`, in order.
+    pub fn turns(&self, session: &str) -> Result<Vec<TurnRecord>, JournalError> {
+        if !self.session_exists(session)? {
+            return Err(JournalError::NoSession {
+                path: self.path.clone(),
+                id: session.to_string(),
+            });
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT idx, epoch, user_text, assistant_text, interrupted, model, messages,
+                        end_of_speech_ms, stt_ms, first_token_ms, first_audio_ms, committed_ms
+                 FROM turns WHERE session_id = ?1 ORDER BY idx",
+            )
+            .map_err(|e| self.write_err(e))?;
+        let rows = stmt
+            .query_map([session], |r| {
+                let messages: String = r.get(6)?;
+                let opt = |v: Option<i64>| v.map(|x| x.max(0) as u64);
+                Ok(TurnRecord {
+                    index: r.get(0)?,
+                    epoch: r.get(1)?,
+                    user: r.get(2)?,
+                    assistant: r.get(3)?,
+                    interrupted: r.get(4)?,
+                    model: r.get(5)?,
+                    messages: serde_json::from_str(&messages).unwrap_or_default(),
+                    timing: TurnTiming {
+                        end_of_speech_ms: opt(r.get(7)?),
+                        stt_ms: opt(r.get(8)?),
+                        first_token_ms: opt(r.get(9)?),
+                        first_audio_ms: opt(r.get(10)?),
+                    },
+                    committed_ms: r.get(11)?,
+                })
+            })
+            .map_err(|e| self.write_err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.write_err(e))
+    }
+
+    /// The committed history of `session` (to resume it).
+    pub fn history(&self, session: &str) -> Result<Vec<ChatMessage>, JournalError> {
+        Ok(self
+            .turns(session)?
+            .into_iter()
+            .flat_map(|t| t.messages)
+            .collect())
+    }
+
+    /// `PRAGMA integrity_check` result ("ok" when healthy).
+    pub fn integrity_check(&self) -> Result<String, JournalError> {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.write_err(e))
+    }
+}
+
+fn classify_open(path: &Path, e: rusqlite::Error) -> JournalError {
+    let cause = e.to_string();
+    if cause.contains("not a database") || cause.contains("malformed") {
+        JournalError::Corrupt {
+            path: path.to_path_buf(),
+            cause,
+        }
+    } else {
+        JournalError::Open {
+            path: path.to_path_buf(),
+            cause,
+        }
+    }
+}
+
+fn first_text(messages: &[ChatMessage], role: Role) -> String {
+    messages
+        .iter()
+        .find(|m| m.role == role)
+        .map(|m| m.content.clone())
+        .unwrap_or_default()
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Percentile (0..=100) of `values` (nearest rank); `None` when empty.
+pub fn percentile(values: &[u64], p: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v.get(rank.min(v.len() - 1)).copied()
+}
+
+/// Renders a session's turns with a per-turn latency waterfall.
+pub fn render_trace(turns: &[TurnRecord]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for t in turns {
+        let _ = writeln!(
+            out,
+            "turn {} (epoch {}){}{}",
+            t.index + 1,
+            t.epoch,
+            if t.interrupted { " [interrupted]" } else { "" },
+            t.model.as_deref().map(|m| format!(" model {m}")).unwrap_or_default()
+        );
+        let _ = writeln!(out, "  user:      {}", t.user);
+        let _ = writeln!(out, "  assistant: {}", t.assistant);
+        let Some(eos) = t.timing.end_of_speech_ms else { continue };
+        let stages = [
+            ("end of speech", Some(eos)),
+            ("stt final", t.timing.stt_ms),
+            ("first token", t.timing.first_token_ms),
+            ("first audio", t.timing.first_audio_ms),
+        ];
+        let span = stages
+            .iter()
+            .filter_map(|(_, v)| *v)
+            .map(|v| v.saturating_sub(eos))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        for (name, at) in stages {
+            match at {
+                Some(v) => {
+                    let d = v.saturating_sub(eos);
+                    let bar = "█".repeat(((d * 40) / span) as usize);
+                    let _ = writeln!(out, "  {name:<14} {d:>6} ms |{bar}");
+                }
+                None => {
+                    let _ = writeln!(out, "  {name:<14}      — |");
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(user: &str, assistant: &str, interrupted: bool) -> CommittedRound {
+        let mut a = ChatMessage::assistant(assistant);
+        a.interrupted = interrupted;
+        CommittedRound {
+            epoch: 1,
+            messages: vec![ChatMessage::user(user), a],
+            interrupted,
+            committed_ms: 1234,
+            timing: TurnTiming {
+                end_of_speech_ms: Some(1000),
+                stt_ms: Some(1300),
+                first_token_ms: Some(1500),
+                first_audio_ms: Some(1700),
+            },
+            model: Some("embedded/smollm2".into()),
+        }
+    }
+
+    #[test]
+    fn turns_round_trip_and_history_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.sqlite");
+        let mut j = Journal::open(&path).expect("open");
+        let id = j.start_session(None, "voice", "test").expect("session");
+        j.append_turn(&id, &round("hi", "hello", false)).expect("turn");
+        j.append_turn(&id, &round("capital of france", "Paris is", true)).expect("turn");
+        drop(j);
+        let j = Journal::open(&path).expect("reopen");
+        let turns = j.turns(&id).expect("turns");
+        assert_eq!(turns.len(), 2);
+        assert_eq!(turns[1].assistant, "Paris is");
+        assert!(turns[1].interrupted);
+        assert_eq!(turns[0].voice_to_voice_ms(), Some(700));
+        assert_eq!(j.history(&id).expect("history").len(), 4);
+        let s = j.sessions().expect("sessions");
+        assert_eq!((s[0].turns, s[0].interruptions), (2, 1));
+        assert_eq!(j.integrity_check().expect("check"), "ok");
+        let trace = render_trace(&turns);
+        assert!(trace.contains("first audio"), "{trace}");
+        assert!(matches!(j.turns("nope"), Err(JournalError::NoSession { .. })));
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_with_the_path_in_the_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.sqlite");
+        std::fs::write(&path, vec![0x42u8; 8192]).expect("write garbage");
+        let err = Journal::open(&path).err().expect("refused").to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("not a usable database"), "{err}");
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[5, 1, 3], 50.0), Some(3));
+        assert_eq!(percentile(&[1, 2, 3, 4, 100], 95.0), Some(100));
+    }
+}
