@@ -148,7 +148,7 @@ struct Driver {
     messages: Bucket,
     bytes: Bucket,
     dropped_for_rate: u64,
-    last_error: std::collections::HashMap<ErrorCode, Instant>,
+    last_rate_error: Option<Instant>,
     last_message: Instant,
     last_audio: Instant,
     /// Wall time up to which bot audio has been sent (invariant 2).
@@ -158,7 +158,11 @@ struct Driver {
 }
 
 /// Runs one connection to its end.
-pub(crate) async fn run_connection(mut socket: WebSocket, shared: Arc<ServerShared>, slot: SessionSlot) {
+pub(crate) async fn run_connection(
+    mut socket: WebSocket,
+    shared: Arc<ServerShared>,
+    slot: SessionSlot,
+) {
     let _slot = slot;
     let id = format!("s{:08x}", rand::random::<u32>());
     let cancel = shared.cancel.child_token();
@@ -172,7 +176,7 @@ pub(crate) async fn run_connection(mut socket: WebSocket, shared: Arc<ServerShar
         messages: Bucket::new(limits.messages_per_sec, limits.message_burst),
         bytes: Bucket::new(limits.bytes_per_sec, limits.byte_burst),
         dropped_for_rate: 0,
-        last_error: Default::default(),
+        last_rate_error: None,
         last_message: now,
         last_audio: now,
         sent_until: now,
@@ -263,23 +267,28 @@ impl Driver {
         }
     }
 
-    /// Queues a protocol error, at most once per `ERROR_EVERY` per code.
+    /// Queues a protocol error; `rate_limited` at most once per
+    /// `ERROR_EVERY` (a flood must not be answered by a flood).
     fn error(&mut self, code: ErrorCode, message: impl Into<String>) {
-        self.stats().messages_rejected.fetch_add(1, Ordering::Relaxed);
+        self.stats()
+            .messages_rejected
+            .fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        if let Some(at) = self.last_error.get(&code) {
-            if now.saturating_duration_since(*at) < ERROR_EVERY {
-                return;
+        if code == ErrorCode::RateLimited {
+            if let Some(at) = self.last_rate_error {
+                if now.saturating_duration_since(at) < ERROR_EVERY {
+                    return;
+                }
             }
+            self.last_rate_error = Some(now);
         }
-        self.last_error.insert(code, now);
         let text = ProtocolError::new(code, message).to_json();
         self.out.push(Message::Text(text.into()));
     }
 
     /// Queues an error that ends the connection (never throttled).
     fn fatal(&mut self, code: ErrorCode, message: impl Into<String>) {
-        self.last_error.remove(&code);
+        self.last_rate_error = None;
         self.error(code, message);
     }
 
@@ -405,7 +414,10 @@ impl Driver {
         let session = match Session::new(config, agent, in_cons, out_prod) {
             Ok(s) => s,
             Err(e) => {
-                self.fatal(ErrorCode::Internal, format!("cannot start the session: {e}"));
+                self.fatal(
+                    ErrorCode::Internal,
+                    format!("cannot start the session: {e}"),
+                );
                 return Err(End::Close(CLOSE_INTERNAL, "session failed"));
             }
         };

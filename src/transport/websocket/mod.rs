@@ -140,7 +140,9 @@ pub enum ServeError {
         addr: SocketAddr,
         cause: std::io::Error,
     },
-    #[error("the token is empty; give a non-empty --token or COLLOQUY_TOKEN, or none for a random one")]
+    #[error(
+        "the token is empty; give a non-empty --token or COLLOQUY_TOKEN, or none for a random one"
+    )]
     EmptyToken,
     #[error("cannot create the dump directory {path}: {cause}")]
     DumpDir {
@@ -326,7 +328,10 @@ fn static_response(body: &'static str, content_type: &'static str) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     // The page URL carries the token: never send it on as a Referer.
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
@@ -459,9 +464,7 @@ async fn ws_handler(
     let shared2 = shared.clone();
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| {
-            tracker.track_future(conn::run_connection(socket, shared2, slot))
-        })
+        .on_upgrade(move |socket| tracker.track_future(conn::run_connection(socket, shared2, slot)))
 }
 
 async fn stats_handler(

@@ -174,7 +174,9 @@ pub fn check_hello(version: Option<u32>, sample_rate: Option<u32>) -> Result<u32
     if !(MIN_INPUT_RATE..=MAX_INPUT_RATE).contains(&rate) {
         return Err(ProtocolError::new(
             ErrorCode::BadHello,
-            format!("sample_rate {rate} is out of range; use {MIN_INPUT_RATE}..={MAX_INPUT_RATE} Hz"),
+            format!(
+                "sample_rate {rate} is out of range; use {MIN_INPUT_RATE}..={MAX_INPUT_RATE} Hz"
+            ),
         ));
     }
     Ok(rate)
