@@ -49,6 +49,41 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Server CPU time so far (user + system), seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let k: f64 = f.get(12)?.parse().ok()?;
+            Some((u + k) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The server's `/stats` counters.
+async fn server_stats(ws_url: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = ws_url.trim_start_matches("ws://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let path = path.replacen("ws?", "stats?", 1);
+    let Ok(mut s) = tokio::net::TcpStream::connect(host).await else {
+        return serde_json::Value::Null;
+    };
+    let req = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return serde_json::Value::Null;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    buf.split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 struct ServerProc {
     child: Child,
     url: String,
@@ -191,7 +226,7 @@ fn main() {
         audio.len() as f64 / 16_000.0
     );
     println!(
-        "{:>8} {:>9} {:>9} {:>11} {:>12} {:>10} {:>12} {:>11}",
+        "{:>8} {:>9} {:>9} {:>11} {:>12} {:>8} {:>12} {:>11} {:>10} {:>11} {:>13}",
         "sessions",
         "frames",
         "late>20ms",
@@ -199,7 +234,10 @@ fn main() {
         "client lag ms",
         "replies",
         "RSS delta MiB",
-        "KiB/session"
+        "KiB/session",
+        "CPU %core",
+        "%core/sess",
+        "ticks>20ms late"
     );
     let mut held = 0usize;
     for &n in &sessions {
@@ -208,6 +246,7 @@ fn main() {
         let pid = server.child.id();
         std::thread::sleep(Duration::from_millis(300));
         let base = rss_kib(pid);
+        let cpu0 = cpu_secs(pid);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -230,6 +269,8 @@ fn main() {
             out
         });
         let peak = rss_kib(pid);
+        let cpu = (cpu_secs(pid) - cpu0) / secs as f64 * 100.0;
+        let stats = rt.block_on(server_stats(&server.url));
         let _ = server.child.kill();
         let _ = server.child.wait();
         let frames: u64 = results.iter().map(|r| r.frames).sum();
@@ -243,7 +284,7 @@ fn main() {
         let failed: Vec<&String> = results.iter().filter_map(|r| r.failed.as_ref()).collect();
         let delta = peak.saturating_sub(base);
         println!(
-            "{:>8} {:>9} {:>9} {:>11.1} {:>12.1} {:>10} {:>12.1} {:>11.0}",
+            "{:>8} {:>9} {:>9} {:>11.1} {:>12.1} {:>8} {:>12.1} {:>11.0} {:>10.1} {:>11.2} {:>13}",
             n,
             frames,
             late,
@@ -251,7 +292,10 @@ fn main() {
             client_lag,
             replies,
             delta as f64 / 1024.0,
-            delta as f64 / n as f64
+            delta as f64 / n as f64,
+            cpu,
+            cpu / n as f64,
+            stats["ticks_late"]
         );
         if let Some(f) = failed.first() {
             println!("         {} session(s) failed, first: {f}", failed.len());

@@ -294,9 +294,10 @@ impl Driver {
 
     fn on_socket_error(&mut self, e: &axum::Error) -> End {
         let text = e.to_string();
-        if text.contains("Space limit exceeded")
-            || text.contains("too long")
-            || text.contains("too big")
+        let lower = text.to_ascii_lowercase();
+        // tungstenite's capacity errors ("Message too long: …", "Space limit
+        // exceeded: …"); axum does not expose the error type itself.
+        if lower.contains("too long") || lower.contains("space limit") || lower.contains("too big")
         {
             self.fatal(
                 ErrorCode::MessageTooLarge,

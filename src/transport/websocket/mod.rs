@@ -119,7 +119,7 @@ impl ServeConfig {
             idle_timeout: Duration::from_secs(120),
             session: SessionConfig::default(),
             dump_dir: None,
-            lead: Duration::from_millis(80),
+            lead: Duration::from_millis(100),
         }
     }
 }

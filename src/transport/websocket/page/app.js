@@ -387,7 +387,7 @@ async function start() {
       numberOfInputs: 0,
       numberOfOutputs: 1,
       outputChannelCount: [1],
-      processorOptions: { inRate: 16000, startMs: 60 },
+      processorOptions: { inRate: 16000, startMs: 80 },
     });
     playback.connect(ctx.destination);
     playback.port.onmessage = (e) => onPlaybackMessage(e.data);
