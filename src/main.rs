@@ -71,6 +71,62 @@ enum Command {
         #[command(flatten)]
         pipeline: PipelineArgs,
     },
+    /// Serve the talk page: open the printed URL, press the mic button, talk.
+    Serve(ServeArgs),
+}
+
+// ---- `serve` (WebSocket transport) -------------------------------------------
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default; port 0 picks a free one).
+    #[arg(long, default_value = colloquy::transport::websocket::DEFAULT_BIND)]
+    bind: std::net::SocketAddr,
+    /// Secret required by the page's WebSocket (random when not given).
+    #[arg(long, env = "COLLOQUY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Extra allowed page origin (repeatable), e.g. a reverse proxy's.
+    #[arg(long)]
+    allow_origin: Vec<String>,
+    /// Most conversations at once.
+    #[arg(long, default_value_t = 64)]
+    max_sessions: usize,
+    /// Close a connection that sends nothing for this long (s).
+    #[arg(long, default_value_t = 120)]
+    idle_secs: u64,
+    /// Write what each session heard to DIR/<session>-in.wav.
+    #[arg(long, env = "COLLOQUY_WS_DUMP")]
+    dump_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    use colloquy::transport::websocket::{serve, AgentFactory, ServeConfig};
+    let mut config = ServeConfig::new(args.bind);
+    if let Some(token) = args.token {
+        config.token = token;
+    }
+    config.allowed_origins = args.allow_origin;
+    config.max_sessions = args.max_sessions;
+    config.idle_timeout = Duration::from_secs(args.idle_secs);
+    config.dump_dir = args.dump_dir;
+    config.session = session_config(&args.pipeline);
+    build_agent(&args.pipeline)?;
+    let pipeline = args.pipeline.clone();
+    let agents: AgentFactory = Arc::new(move || {
+        build_agent(&pipeline).unwrap_or_else(|_| Arc::new(ParrotAgent) as Arc<dyn Agent>)
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, agents, |server| {
+        println!("colloquy is listening. Open this page and press the mic button:");
+        println!("  {}", server.page_url());
+        println!("(Ctrl-C to stop)");
+    }))?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -132,6 +188,7 @@ fn session_config(args: &PipelineArgs) -> SessionConfig {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => run_serve(args),
         Command::Replay {
             input,
             out,

@@ -2,5 +2,8 @@
 //! [`crate::session::Session`] through its rings.
 //!
 //! - [`file`]: WAV in, stereo timeline WAV + JSONL events out (replay).
+//! - [`websocket`]: `colloquy serve`, the talk page and one session per
+//!   WebSocket connection.
 
 pub mod file;
+pub mod websocket;

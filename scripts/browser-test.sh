@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# End-to-end test of `colloquy serve` in headless Chromium (tests/browser/).
+# Needs Debian `chromium`, node/npm and sox; installs its own npm packages
+# (`npm ci`). Writes docs/screenshot.png.
+#
+#   scripts/browser-test.sh            # build, then test
+#   COLLOQUY_BIN_PREBUILT=path/to/colloquy scripts/browser-test.sh   # skip the build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+. scripts/env.sh
+
+if [[ -z "${COLLOQUY_BIN_PREBUILT:-}" ]]; then
+  cargo build --release --bin colloquy
+else
+  COLLOQUY_BIN=$COLLOQUY_BIN_PREBUILT
+fi
+chromium_bin=${CHROMIUM:-/usr/bin/chromium}
+for need in "$chromium_bin" node npm sox; do
+  command -v "$need" >/dev/null || { echo "browser test: $need is missing (Debian: apt-get install -y chromium nodejs npm sox)" >&2; exit 2; }
+done
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The microphone: a question, a pause too short for the parrot's whole reply,
+# a second voice cutting in over the reply, then room for the last answer.
+sox assets/speech/q-france.wav -r 16000 -c 1 -b 16 "$work/a.wav"
+sox assets/speech/q-germany-f3.wav -r 16000 -c 1 -b 16 "$work/b.wav"
+sox -n -r 16000 -c 1 -b 16 "$work/gap.wav" trim 0 1.4
+sox -n -r 16000 -c 1 -b 16 "$work/tail.wav" trim 0 6
+sox "$work/a.wav" "$work/gap.wav" "$work/b.wav" "$work/tail.wav" "$work/mic.wav"
+
+cd tests/browser
+npm ci --no-audit --no-fund --loglevel=error
+node talk.test.mjs --bin "$COLLOQUY_BIN" --mic "$work/mic.wav" --out "$work" \
+  --screenshot "$root/docs/screenshot.png" --chromium "$chromium_bin"

@@ -1,0 +1,543 @@
+//! The WebSocket transport: `colloquy serve`. An HTTP server (axum) that
+//! serves the talk page (embedded in the binary) and one WebSocket per
+//! conversation; each connection drives its own [`crate::session::Session`]
+//! (pipeline + coordinator) in its own task ([`conn`]). The wire protocol is
+//! in `docs/protocol.md` and [`protocol`].
+//!
+//! Security: a random token (printed in the page URL) is required on the
+//! WebSocket; browsers' `Origin` must be this server's own; messages have a
+//! size limit, connections a rate limit and an idle timeout, the server a
+//! maximum number of sessions.
+//!
+//! Shutdown: the future given to [`Server::run`] resolving cancels
+//! `ServerShared::cancel`, the root of every connection's token; each
+//! connection then ends its session, sends a close frame and returns; `run`
+//! waits for `ServerShared::tracker` (all connection tasks) for at most
+//! [`SHUTDOWN_GRACE`].
+//!
+//! # Invariants
+//! 1. A WebSocket is upgraded only with the right token, an allowed (or no)
+//!    `Origin`, and a free session slot; otherwise the HTTP request is
+//!    answered 401/403/503 with a protocol error as JSON body.
+//! 2. Nothing a client sends can panic or stop the server: bad messages get
+//!    an error event and are dropped, or the connection is closed cleanly;
+//!    other connections are not affected.
+//! 3. A session slot is taken before the upgrade and released when the
+//!    connection task ends (RAII [`conn::SessionSlot`]), so
+//!    `active_sessions <= max_sessions` at all times.
+
+pub mod conn;
+pub mod protocol;
+
+use crate::agent::Agent;
+use crate::session::SessionConfig;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use protocol::{ErrorCode, ProtocolError};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Builds a fresh agent for each connection.
+pub type AgentFactory = Arc<dyn Fn() -> Arc<dyn Agent> + Send + Sync>;
+
+/// Default address: loopback only.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8765";
+/// Longest wait for connections to close at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Per-connection rate limit (token buckets on messages and bytes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Sustained messages per second (audio at 20 ms frames is 50/s).
+    pub messages_per_sec: f64,
+    /// Messages allowed in a burst above the sustained rate.
+    pub message_burst: f64,
+    /// Sustained bytes per second (PCM16 at 48 kHz is 96 000/s).
+    pub bytes_per_sec: f64,
+    pub byte_burst: f64,
+    /// Messages dropped for rate before the connection is closed.
+    pub close_after_dropped: u64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            messages_per_sec: 100.0,
+            message_burst: 200.0,
+            bytes_per_sec: 256.0 * 1024.0,
+            byte_burst: 512.0 * 1024.0,
+            close_after_dropped: 500,
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub bind: SocketAddr,
+    /// Secret required on the WebSocket (`?token=`).
+    pub token: String,
+    /// Extra allowed `Origin`s (the server's own loopback origins always are).
+    pub allowed_origins: Vec<String>,
+    pub max_sessions: usize,
+    /// Largest client message accepted (bytes); larger ones get an error.
+    pub max_message_bytes: usize,
+    pub rate_limit: RateLimit,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Pipeline settings for each session (rates and pacing are set per
+    /// connection).
+    pub session: SessionConfig,
+    /// Write what each session heard to `<dir>/<session>-in.wav`.
+    pub dump_dir: Option<PathBuf>,
+    /// How far ahead of real time bot audio is sent (the client's buffer).
+    pub lead: Duration,
+}
+
+impl ServeConfig {
+    /// Defaults on `bind` with a fresh random token.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            token: generate_token(),
+            allowed_origins: Vec::new(),
+            max_sessions: 64,
+            max_message_bytes: 64 * 1024,
+            rate_limit: RateLimit::default(),
+            idle_timeout: Duration::from_secs(120),
+            session: SessionConfig::default(),
+            dump_dir: None,
+            lead: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A random 128-bit token as 32 hex digits.
+pub fn generate_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {cause}; pick another address with --bind")]
+    Bind {
+        addr: SocketAddr,
+        cause: std::io::Error,
+    },
+    #[error(
+        "the token is empty; give a non-empty --token or COLLOQUY_TOKEN, or none for a random one"
+    )]
+    EmptyToken,
+    #[error("cannot create the dump directory {path}: {cause}")]
+    DumpDir {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters for monitoring and the load benchmark.
+#[derive(Debug, Default, Serialize)]
+pub struct ServerStats {
+    pub active_sessions: AtomicUsize,
+    pub sessions_total: AtomicU64,
+    pub rejected_unauthorized: AtomicU64,
+    pub rejected_origin: AtomicU64,
+    pub rejected_full: AtomicU64,
+    /// Client messages dropped with an error (any reason).
+    pub messages_rejected: AtomicU64,
+    /// 20 ms input frames processed, all sessions.
+    pub frames_in: AtomicU64,
+    /// Bot audio messages sent, all sessions.
+    pub frames_out: AtomicU64,
+    /// Driver ticks that ran more than 20 ms after their deadline.
+    pub ticks_late: AtomicU64,
+    /// Latest tick lateness seen (µs), all sessions.
+    pub max_tick_late_us: AtomicU64,
+}
+
+/// What every connection shares.
+pub(crate) struct ServerShared {
+    pub config: ServeConfig,
+    pub agents: AgentFactory,
+    pub stats: Arc<ServerStats>,
+    pub local_addr: SocketAddr,
+    /// Root of every connection's cancellation token (shutdown).
+    pub cancel: CancellationToken,
+    /// Every connection task; `run` waits on it at shutdown.
+    pub tracker: TaskTracker,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    shared: Arc<ServerShared>,
+}
+
+impl Server {
+    /// Binds `config.bind` (port 0 picks a free port).
+    pub async fn bind(config: ServeConfig, agents: AgentFactory) -> Result<Self, ServeError> {
+        if config.token.is_empty() {
+            return Err(ServeError::EmptyToken);
+        }
+        if let Some(dir) = &config.dump_dir {
+            std::fs::create_dir_all(dir).map_err(|cause| ServeError::DumpDir {
+                path: dir.clone(),
+                cause,
+            })?;
+        }
+        let listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .map_err(|cause| ServeError::Bind {
+                addr: config.bind,
+                cause,
+            })?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            shared: Arc::new(ServerShared {
+                config,
+                agents,
+                stats: Arc::new(ServerStats::default()),
+                local_addr,
+                cancel: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The page URL with the token (`http://HOST:PORT/?token=T`).
+    pub fn page_url(&self) -> String {
+        format!(
+            "http://{}/?token={}",
+            display_host(self.shared.local_addr),
+            self.shared.config.token
+        )
+    }
+
+    /// The WebSocket URL with the token (`ws://HOST:PORT/ws?token=T`).
+    pub fn ws_url(&self) -> String {
+        format!(
+            "ws://{}/ws?token={}",
+            display_host(self.shared.local_addr),
+            self.shared.config.token
+        )
+    }
+
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then closes every session.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let shared = self.shared.clone();
+        let app = router(shared.clone());
+        let cancel = shared.cancel.clone();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await?;
+        shared.tracker.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, shared.tracker.wait()).await;
+        Ok(())
+    }
+}
+
+/// Binds and serves until Ctrl-C; `on_ready` sees the bound server (to print
+/// its URL).
+pub async fn serve(
+    config: ServeConfig,
+    agents: AgentFactory,
+    on_ready: impl FnOnce(&Server),
+) -> Result<(), ServeError> {
+    let server = Server::bind(config, agents).await?;
+    on_ready(&server);
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
+
+fn display_host(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+fn router(shared: Arc<ServerShared>) -> Router {
+    Router::new()
+        .route("/", get(page_index))
+        .route("/index.html", get(page_index))
+        .route("/app.js", get(page_app))
+        .route("/style.css", get(page_style))
+        .route("/capture-worklet.js", get(page_capture))
+        .route("/playback-worklet.js", get(page_playback))
+        .route("/ws", get(ws_handler))
+        .route("/stats", get(stats_handler))
+        .with_state(shared)
+}
+
+const INDEX_HTML: &str = include_str!("page/index.html");
+const APP_JS: &str = include_str!("page/app.js");
+const STYLE_CSS: &str = include_str!("page/style.css");
+const CAPTURE_JS: &str = include_str!("page/capture-worklet.js");
+const PLAYBACK_JS: &str = include_str!("page/playback-worklet.js");
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; media-src 'self'; \
+    worker-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
+fn static_response(body: &'static str, content_type: &'static str) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // The page URL carries the token: never send it on as a Referer.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    resp
+}
+
+async fn page_index() -> Response {
+    static_response(INDEX_HTML, "text/html; charset=utf-8")
+}
+async fn page_app() -> Response {
+    static_response(APP_JS, "text/javascript; charset=utf-8")
+}
+async fn page_style() -> Response {
+    static_response(STYLE_CSS, "text/css; charset=utf-8")
+}
+async fn page_capture() -> Response {
+    static_response(CAPTURE_JS, "text/javascript; charset=utf-8")
+}
+async fn page_playback() -> Response {
+    static_response(PLAYBACK_JS, "text/javascript; charset=utf-8")
+}
+
+fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = ProtocolError::new(code, message).to_json();
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Compares in time independent of where the strings differ.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, &x) in b.iter().enumerate() {
+        diff |= x ^ a.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+/// Whether a browser's `Origin` may open a session (invariant 1).
+fn origin_allowed(
+    origin: Option<&str>,
+    host: Option<&str>,
+    config: &ServeConfig,
+    local: SocketAddr,
+) -> bool {
+    let Some(origin) = origin else {
+        // Not a browser (browsers always send Origin on WebSockets); the
+        // token still guards the session.
+        return true;
+    };
+    let origin = origin.trim_end_matches('/');
+    if config
+        .allowed_origins
+        .iter()
+        .any(|o| o.trim_end_matches('/') == origin)
+    {
+        return true;
+    }
+    let port = local.port();
+    let mut own = vec![
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+        format!("http://[::1]:{port}"),
+        format!("http://{local}"),
+    ];
+    if local.ip().is_unspecified() {
+        // Listening on every interface: the page is reached by some address
+        // of this machine; accept the page's own origin.
+        if let Some(h) = host {
+            own.push(format!("http://{h}"));
+        }
+    }
+    own.iter().any(|o| o == origin)
+}
+
+async fn ws_handler(
+    State(shared): State<Arc<ServerShared>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let stats = &shared.stats;
+    let config = &shared.config;
+    let token = query.get("token").map(String::as_str).unwrap_or("");
+    if !token_matches(token, &config.token) {
+        stats.rejected_unauthorized.fetch_add(1, Ordering::Relaxed);
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or wrong token; open the URL `colloquy serve` printed (it carries ?token=)",
+        );
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, host, config, shared.local_addr) {
+        stats.rejected_origin.fetch_add(1, Ordering::Relaxed);
+        return error_response(
+            StatusCode::FORBIDDEN,
+            ErrorCode::BadOrigin,
+            "this page's origin may not open a session; serve the page from colloquy or add --allow-origin",
+        );
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadMessage,
+                &format!("not a WebSocket upgrade: {rejection}"),
+            )
+        }
+    };
+    let Some(slot) = conn::SessionSlot::take(stats.clone(), config.max_sessions) else {
+        stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManySessions,
+            "the server holds its maximum number of sessions; try again later or raise --max-sessions",
+        );
+    };
+    // The hard cap above our own limit: messages between the two get a
+    // protocol error and are dropped; beyond it the socket fails and closes.
+    let hard_cap = config.max_message_bytes.saturating_mul(4).max(1024);
+    let tracker = shared.tracker.clone();
+    let shared2 = shared.clone();
+    ws.max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| tracker.track_future(conn::run_connection(socket, shared2, slot)))
+}
+
+async fn stats_handler(
+    State(shared): State<Arc<ServerShared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let token = query.get("token").map(String::as_str).unwrap_or("");
+    if !token_matches(token, &shared.config.token) {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or wrong token",
+        );
+    }
+    let body = serde_json::to_string(&*shared.stats).unwrap_or_else(|_| "{}".into());
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_is_exact() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abd", "abc"));
+        assert!(!token_matches("ab", "abc"));
+        assert!(!token_matches("abcd", "abc"));
+        assert!(!token_matches("", "abc"));
+        assert_eq!(generate_token().len(), 32);
+        assert_ne!(generate_token(), generate_token());
+    }
+
+    #[test]
+    fn only_own_origins_are_allowed_on_loopback() {
+        let local: SocketAddr = "127.0.0.1:8765".parse().expect("addr");
+        let mut config = ServeConfig::new(local);
+        assert!(origin_allowed(None, None, &config, local));
+        assert!(origin_allowed(
+            Some("http://127.0.0.1:8765"),
+            None,
+            &config,
+            local
+        ));
+        assert!(origin_allowed(
+            Some("http://localhost:8765"),
+            None,
+            &config,
+            local
+        ));
+        assert!(!origin_allowed(
+            Some("http://evil.example"),
+            Some("127.0.0.1:8765"),
+            &config,
+            local
+        ));
+        assert!(!origin_allowed(
+            Some("http://localhost:9999"),
+            None,
+            &config,
+            local
+        ));
+        config.allowed_origins.push("https://app.example".into());
+        assert!(origin_allowed(
+            Some("https://app.example"),
+            None,
+            &config,
+            local
+        ));
+    }
+}

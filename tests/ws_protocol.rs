@@ -1,0 +1,383 @@
+//! The WebSocket protocol's defences (`colloquy serve`): every kind of bad
+//! client gets its own error and nothing else breaks. Invariant checked
+//! (server invariant 2): no client message can stop the server or disturb
+//! another session — after each abuse, a healthy session still gets a reply
+//! from the parrot agent.
+//!
+//! Each test runs a server in-process on 127.0.0.1 port 0 and talks to it
+//! with tokio-tungstenite. Waits are bounded by timeouts on expected
+//! messages, never sleeps.
+
+use colloquy::agent::{parrot::ParrotAgent, Agent};
+use colloquy::audio::{read_wav, resample_to_16k};
+use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server};
+use futures::{SinkExt, StreamExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct TestServer {
+    base: String,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    async fn start(tune: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+        tune(&mut config);
+        let token = config.token.clone();
+        let agents: AgentFactory = Arc::new(|| Arc::new(ParrotAgent) as Arc<dyn Agent>);
+        let server = Server::bind(config, agents).await.expect("bind");
+        let base = format!("ws://{}/ws", server.local_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server run");
+        });
+        Self {
+            base,
+            token,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("{}?token={}", self.base, self.token)
+    }
+
+    async fn connect(&self) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(self.url())
+            .await
+            .expect("connect");
+        ws
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("server stops")
+            .expect("server task");
+    }
+}
+
+/// Next JSON text message, skipping audio; None when the socket closed.
+async fn next_json(ws: &mut Ws) -> Option<serde_json::Value> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message within the wait")?;
+        match msg {
+            Ok(Message::Text(t)) => {
+                return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Reads until an error event with `code`; panics if the socket closes first.
+async fn expect_error(ws: &mut Ws, code: &str) -> serde_json::Value {
+    loop {
+        let Some(v) = next_json(ws).await else {
+            panic!("socket closed before an error with code {code}");
+        };
+        if v["type"] == "error" {
+            assert_eq!(v["code"], code, "unexpected error: {v}");
+            assert_eq!(v["source"], "protocol", "{v}");
+            assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+            return v;
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code.
+async fn expect_close(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close within the wait")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// Sends a ping and expects its pong: the session is alive.
+async fn assert_alive(ws: &mut Ws) {
+    ws.send(Message::text(r#"{"type":"ping","id":7}"#))
+        .await
+        .expect("send ping");
+    loop {
+        let v = next_json(ws).await.expect("session still open");
+        if v["type"] == "pong" {
+            assert_eq!(v["id"], 7);
+            return;
+        }
+        assert_ne!(v["type"], "error", "unexpected error: {v}");
+    }
+}
+
+fn speech() -> Vec<i16> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/speech/q-france.wav");
+    let audio = read_wav(&path).expect("read the speech asset");
+    resample_to_16k(&audio).expect("16 kHz")
+}
+
+/// A healthy session: says a question (faster than real time, in 100 ms
+/// messages) and must hear the parrot start answering with audio.
+async fn healthy_session_gets_a_reply(server: &TestServer) {
+    let mut ws = server.connect().await;
+    ws.send(Message::text(
+        r#"{"type":"hello","version":1,"sample_rate":16000}"#,
+    ))
+    .await
+    .expect("hello");
+    let mut samples = speech();
+    samples.extend(std::iter::repeat_n(0i16, 16_000));
+    for chunk in samples.chunks(1600) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        ws.send(Message::binary(bytes)).await.expect("send audio");
+    }
+    let mut started = false;
+    let mut audio_bytes = 0usize;
+    while !(started && audio_bytes >= 640) {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the parrot answers within the wait")
+            .expect("socket open")
+            .expect("no socket error");
+        match msg {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("JSON");
+                assert_ne!(v["type"], "error", "healthy session got an error: {v}");
+                if v["type"] == "bot_started_speaking" {
+                    started = true;
+                }
+            }
+            Message::Binary(b) => {
+                assert_eq!(b.len() % 2, 0, "bot audio is whole PCM16 samples");
+                assert!(b.len() <= 640, "bot audio comes in 20 ms frames");
+                audio_bytes += b.len();
+            }
+            _ => {}
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+#[tokio::test]
+async fn the_server_greets_with_its_version_and_a_healthy_session_gets_a_reply() {
+    let server = TestServer::start(|_| {}).await;
+    let mut ws = server.connect().await;
+    let hello = next_json(&mut ws).await.expect("hello");
+    assert_eq!(hello["type"], "hello");
+    assert_eq!(hello["version"], 1);
+    assert_eq!(hello["output_rate"], 16000);
+    assert_eq!(hello["agent"], "parrot");
+    drop(ws);
+    healthy_session_gets_a_reply(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_token_is_refused_before_the_upgrade() {
+    let server = TestServer::start(|_| {}).await;
+    for url in [
+        format!("{}?token=wrong", server.base),
+        server.base.clone(),
+        format!("{}?token=", server.base),
+    ] {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Err(WsError::Http(resp)) => {
+                assert_eq!(resp.status(), 401, "{url}");
+                let body =
+                    String::from_utf8(resp.body().clone().unwrap_or_default()).expect("utf-8 body");
+                assert!(body.contains(r#""code":"unauthorized""#), "{body}");
+            }
+            other => panic!("{url}: expected HTTP 401, got {other:?}"),
+        }
+    }
+    healthy_session_gets_a_reply(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_and_the_own_origin_is_accepted() {
+    let server = TestServer::start(|_| {}).await;
+    let mut req = server.url().into_client_request().expect("request");
+    req.headers_mut()
+        .insert("Origin", HeaderValue::from_static("http://evil.example"));
+    match tokio_tungstenite::connect_async(req).await {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status(), 403);
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).expect("utf-8");
+            assert!(body.contains(r#""code":"bad_origin""#), "{body}");
+        }
+        other => panic!("expected HTTP 403, got {other:?}"),
+    }
+    let own = server.base.replace("ws://", "http://").replace("/ws", "");
+    let mut req = server.url().into_client_request().expect("request");
+    req.headers_mut()
+        .insert("Origin", HeaderValue::from_str(&own).expect("origin"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("own origin is accepted");
+    assert_alive(&mut ws).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_messages_get_an_error_and_huge_ones_close_cleanly() {
+    let server = TestServer::start(|c| c.max_message_bytes = 8 * 1024).await;
+    let mut ws = server.connect().await;
+    // Over the limit, under the hard cap: dropped with an error, session lives.
+    ws.send(Message::binary(vec![0u8; 16 * 1024]))
+        .await
+        .expect("send");
+    expect_error(&mut ws, "message_too_large").await;
+    assert_alive(&mut ws).await;
+    // Over the hard cap (4x): error, then a close frame 1009.
+    ws.send(Message::binary(vec![0u8; 64 * 1024]))
+        .await
+        .expect("send");
+    expect_error(&mut ws, "message_too_large").await;
+    assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Size));
+    healthy_session_gets_a_reply(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn text_garbage_gets_a_bad_message_error_and_the_session_goes_on() {
+    let server = TestServer::start(|_| {}).await;
+    let mut ws = server.connect().await;
+    for garbage in [
+        "not json at all",
+        "{\"type\":",
+        "[1,2,3]",
+        r#"{"no_type":true}"#,
+        r#"{"type":"launch"}"#,
+        r#"{"type":"hello","sample_rate":"fast"}"#,
+    ] {
+        ws.send(Message::text(garbage)).await.expect("send");
+        expect_error(&mut ws, "bad_message").await;
+        assert_alive(&mut ws).await;
+    }
+    ws.send(Message::text(r#"{"type":"hello","version":9}"#))
+        .await
+        .expect("send");
+    expect_error(&mut ws, "bad_hello").await;
+    assert_alive(&mut ws).await;
+    healthy_session_gets_a_reply(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn binary_of_odd_length_gets_a_bad_audio_error_and_the_session_goes_on() {
+    let server = TestServer::start(|_| {}).await;
+    let mut ws = server.connect().await;
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    expect_error(&mut ws, "bad_audio").await;
+    assert_alive(&mut ws).await;
+    // Whole samples are accepted afterwards.
+    ws.send(Message::binary(vec![0u8; 640]))
+        .await
+        .expect("send");
+    assert_alive(&mut ws).await;
+    healthy_session_gets_a_reply(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_then_closed_while_another_session_keeps_working() {
+    let server = TestServer::start(|_| {}).await;
+    let mut flood = server.connect().await;
+    let flooder = tokio::spawn(async move {
+        let frame = vec![0u8; 640];
+        for _ in 0..3000 {
+            if flood.send(Message::binary(frame.clone())).await.is_err() {
+                break;
+            }
+        }
+        let v = expect_error(&mut flood, "rate_limited").await;
+        assert!(v["message"].as_str().unwrap_or("").contains("limit"), "{v}");
+        expect_close(&mut flood).await
+    });
+    healthy_session_gets_a_reply(&server).await;
+    let code = flooder.await.expect("flood task");
+    assert_eq!(
+        code,
+        Some(CloseCode::Policy),
+        "a flood ends in a policy close"
+    );
+    healthy_session_gets_a_reply(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_maximum_are_refused_with_503() {
+    let server = TestServer::start(|c| c.max_sessions = 2).await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    assert_alive(&mut a).await;
+    assert_alive(&mut b).await;
+    match tokio_tungstenite::connect_async(server.url()).await {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).expect("utf-8");
+            assert!(body.contains(r#""code":"too_many_sessions""#), "{body}");
+        }
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+    // A slot frees when a session ends.
+    a.close(None).await.expect("close");
+    while next_json(&mut a).await.is_some() {}
+    drop(a);
+    let mut tries = 0;
+    let mut c = loop {
+        match tokio_tungstenite::connect_async(server.url()).await {
+            Ok((ws, _)) => break ws,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("slot not released: {e}"),
+        }
+    };
+    assert_alive(&mut c).await;
+    assert_alive(&mut b).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_gets_an_error_and_a_clean_close() {
+    let server = TestServer::start(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let mut ws = server.connect().await;
+    expect_error(&mut ws, "idle_timeout").await;
+    assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Normal));
+    server.stop().await;
+}
