@@ -8,6 +8,12 @@
 //! 2. An [`LlmError`] always carries an [`ErrorClass`]; routing and retries
 //!    decide on the class, never on message text.
 
+#[cfg(feature = "embedded")]
+pub mod llama;
+
+#[cfg(feature = "embedded")]
+pub use llama::LlamaChat;
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
