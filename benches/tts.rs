@@ -204,14 +204,16 @@ fn embedded_report(rt: &tokio::runtime::Runtime) {
         })
     };
     let long = "Count from one to fifty, writing each number as a word.";
-    for llm_threads in [1, 2] {
+    // (decode threads, prefill threads)
+    for (llm_threads, prefill) in [(1, 1), (1, 2), (2, 2)] {
         let options = LlamaOptions {
             threads: llm_threads,
+            prefill_threads: Some(prefill),
             ..LlamaOptions::default()
         };
         let chat = LlamaChat::load(&gguf, options).expect("llama model");
         println!(
-            "llama threads={llm_threads}: load {:.0} ms",
+            "llama threads={llm_threads}/{prefill}: load {:.0} ms",
             chat.load_time().as_secs_f64() * 1e3
         );
         // Cold prompt (nothing cached), then the same prefix again.
@@ -219,7 +221,7 @@ fn embedded_report(rt: &tokio::runtime::Runtime) {
         let (ttft_warm, _, _) = generate(&chat, question("What is the capital of Spain?", 24));
         let (_, rate, n) = generate(&chat, question(long, 96));
         println!(
-            "llama threads={llm_threads}: TTFT cold {:.0} ms, warm prefix {:.0} ms; decode alone {rate:.1} tok/s ({n} tokens)",
+            "llama threads={llm_threads}/{prefill}: TTFT cold {:.0} ms, warm prefix {:.0} ms; decode alone {rate:.1} tok/s ({n} tokens)",
             ttft.as_secs_f64() * 1e3,
             ttft_warm.as_secs_f64() * 1e3
         );
@@ -271,7 +273,7 @@ fn embedded_report(rt: &tokio::runtime::Runtime) {
                 "none finished".to_string()
             };
             println!(
-                "llama threads={llm_threads} + piper threads={piper_threads}: decode {rate:.1} tok/s ({n} tokens); piper {done} sentences, {per_sentence} each"
+                "llama threads={llm_threads}/{prefill} + piper threads={piper_threads}: decode {rate:.1} tok/s ({n} tokens); piper {done} sentences, {per_sentence} each"
             );
         }
     }

@@ -59,9 +59,13 @@ If you do not know the answer, say so briefly.";
 /// How the embedded model runs.
 #[derive(Clone, Debug)]
 pub struct LlamaOptions {
-    /// Threads for decoding and prefill (2 on a 2-core machine; 1 leaves a
-    /// core free for speech synthesis).
+    /// Threads for decoding (2 on a 2-core machine; 1 leaves a core free
+    /// for speech synthesis, see the crate's scheduling notes).
     pub threads: usize,
+    /// Threads for prompt prefill; `None` means the same as `threads`.
+    /// Prefill runs when the user has stopped speaking, before any reply
+    /// audio is synthesised, so it can use both cores.
+    pub prefill_threads: Option<usize>,
     /// Context length in tokens.
     pub context_tokens: u32,
     /// Prefill batch size in tokens.
@@ -83,6 +87,7 @@ impl Default for LlamaOptions {
     fn default() -> Self {
         Self {
             threads: 2,
+            prefill_threads: None,
             context_tokens: 2048,
             batch_tokens: 512,
             top_k: 40,
@@ -302,11 +307,14 @@ fn generation_thread(
         }
     };
     let threads = i32::try_from(options.threads.max(1)).unwrap_or(2);
+    let prefill_threads = options
+        .prefill_threads
+        .map_or(threads, |t| i32::try_from(t.max(1)).unwrap_or(2));
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(options.context_tokens.max(256)))
         .with_n_batch(options.batch_tokens.max(32))
         .with_n_threads(threads)
-        .with_n_threads_batch(threads);
+        .with_n_threads_batch(prefill_threads);
     let mut ctx = match model.new_context(backend, params) {
         Ok(c) => c,
         Err(e) => {

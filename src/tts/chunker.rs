@@ -39,8 +39,7 @@ pub const ABBREVIATIONS: &[&str] = &[
 /// Whether `token` (the text before a period, up to the previous whitespace)
 /// is an abbreviation or an initial (holds invariant 4).
 pub fn is_abbreviation(token: &str) -> bool {
-    let token =
-        token.trim_start_matches(|c: char| matches!(c, '"' | '\'' | '(' | '[' | '“' | '‘' | '«'));
+    let token = token.trim_start_matches(['"', '\'', '(', '[', '“', '‘', '«']);
     if token.is_empty() {
         return false;
     }
