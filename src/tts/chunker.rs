@@ -6,6 +6,8 @@
 //! followed by whitespace, or at a line break. A sentence longer than the
 //! maximum is cut at the last clause boundary (`,` `;` `:` or a dash followed
 //! by whitespace) or, failing that, the last word boundary inside the limit.
+//! Optionally the first chunk of a reply may end at a clause boundary
+//! ([`SentenceChunker::with_eager_first_clause`]) so speech starts sooner.
 //!
 //! # Invariants
 //! 1. Nothing is lost or invented: the chunks, joined with spaces, equal the
@@ -15,8 +17,8 @@
 //! 3. A cut is only ever made at whitespace, so a number (`3.14`, `10:30`,
 //!    `1,000`) or a word is never split, except a single word longer than
 //!    `max_chars`, which is cut at the limit.
-//! 4. A period after a known abbreviation (`Mr.`, `e.g.`, `U.S.`) or an
-//!    initial (`J.`) does not end a chunk, and a long-sentence cut avoids the
+//! 4. A period (or a line break) after a known abbreviation (`Mr.`, `e.g.`,
+//!    `U.S.`) or an initial (`J.`) does not end a chunk, and a long-sentence cut avoids the
 //!    space right after one whenever the window holds another space.
 //! 5. A terminator at the very end of the buffer waits for the next delta:
 //!    whether `3.` ends a sentence is only known once `14` or ` ` arrives.
@@ -73,6 +75,10 @@ fn is_closer(c: char) -> bool {
 pub struct SentenceChunker {
     buf: String,
     max_chars: usize,
+    /// See [`SentenceChunker::with_eager_first_clause`].
+    eager_first: Option<usize>,
+    /// Whether a chunk of the current reply was yielded already.
+    yielded: bool,
 }
 
 impl Default for SentenceChunker {
@@ -88,7 +94,19 @@ impl SentenceChunker {
         Self {
             buf: String::new(),
             max_chars: max_chars.max(MIN_MAX_CHARS),
+            eager_first: None,
+            yielded: false,
         }
+    }
+
+    /// Lets the first chunk of each reply end at a clause boundary (`,` `;`
+    /// `:` followed by whitespace) once it holds at least `min_chars`
+    /// characters, so speech starts before a long first sentence is
+    /// complete. Later chunks are whole sentences again.
+    #[must_use]
+    pub fn with_eager_first_clause(mut self, min_chars: usize) -> Self {
+        self.eager_first = Some(min_chars);
+        self
     }
 
     /// The longest chunk this chunker yields.
@@ -124,12 +142,14 @@ impl SentenceChunker {
             }
         }
         self.buf.clear();
+        self.yielded = false;
         out
     }
 
     /// Drops everything pending (barge-in).
     pub fn clear(&mut self) {
         self.buf.clear();
+        self.yielded = false;
     }
 
     fn drain(&mut self, out: &mut Vec<String>) {
@@ -138,7 +158,13 @@ impl SentenceChunker {
             if start == self.buf.len() {
                 return;
             }
-            match self.sentence_end() {
+            let mut sentence = self.sentence_end();
+            if let (Some(min), false) = (self.eager_first, self.yielded) {
+                if let Some(clause) = self.first_clause_end(min) {
+                    sentence = Some(sentence.map_or(clause, |s| s.min(clause)));
+                }
+            }
+            match sentence {
                 Some(end) if self.buf[start..end].trim().chars().count() <= self.max_chars => {
                     self.emit(end, out);
                 }
@@ -156,6 +182,7 @@ impl SentenceChunker {
         let chunk = self.buf[..end].trim();
         if !chunk.is_empty() {
             out.push(chunk.to_string());
+            self.yielded = true;
         }
         self.buf.drain(..end);
     }
@@ -169,7 +196,12 @@ impl SentenceChunker {
         while i < chars.len() {
             let (at, c) = chars[i];
             if c == '\n' && seen_text {
-                return Some(at);
+                // A line break ends a chunk, except right after an
+                // abbreviation (holds invariant 4).
+                let token = word_before(buf, buf[..at].trim_end().len());
+                if !(token.ends_with('.') && is_abbreviation(token.trim_end_matches('.'))) {
+                    return Some(at);
+                }
             }
             if !c.is_whitespace() {
                 seen_text = true;
@@ -203,6 +235,25 @@ impl SentenceChunker {
                 }
             }
             return Some(chars[j].0);
+        }
+        None
+    }
+
+    /// Byte offset of the first clause boundary after at least `min` chars.
+    fn first_clause_end(&self, min: usize) -> Option<usize> {
+        let buf = self.buf.as_str();
+        let start = buf.len() - buf.trim_start().len();
+        let mut chars = buf[start..].char_indices().peekable();
+        let mut count = 0usize;
+        while let Some((_, c)) = chars.next() {
+            count += 1;
+            if !matches!(c, ',' | ';' | ':') || count < min {
+                continue;
+            }
+            match chars.peek() {
+                Some(&(at, next)) if next.is_whitespace() => return Some(start + at),
+                _ => {}
+            }
         }
         None
     }
@@ -283,7 +334,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn chunk_all(deltas: &[&str], max: usize) -> Vec<String> {
-        let mut c = SentenceChunker::new(max);
+        chunk_all_with(deltas, SentenceChunker::new(max))
+    }
+
+    fn chunk_all_with(deltas: &[&str], mut c: SentenceChunker) -> Vec<String> {
         let mut out = Vec::new();
         for d in deltas {
             out.extend(c.push(d));
@@ -399,6 +453,27 @@ mod tests {
     }
 
     #[test]
+    fn the_first_chunk_can_end_at_a_clause() {
+        let mut c = SentenceChunker::default().with_eager_first_clause(12);
+        assert!(c.push("Well, the capital of France").is_empty());
+        assert_eq!(
+            c.push(", as you know, is Paris"),
+            vec!["Well, the capital of France,"]
+        );
+        // Later chunks are whole sentences.
+        assert_eq!(
+            c.push(". It is big, and old. "),
+            vec!["as you know, is Paris.", "It is big, and old."]
+        );
+        assert!(c.finish().is_empty());
+        // A new reply is eager again.
+        assert_eq!(
+            c.push("Yes, of course, I can. "),
+            vec!["Yes, of course,", "I can."]
+        );
+    }
+
+    #[test]
     fn finish_resets_and_clear_drops() {
         let mut c = SentenceChunker::default();
         c.push("Half a sent");
@@ -477,10 +552,15 @@ mod tests {
             (tokens, text) in text(),
             cuts in prop::collection::vec(0usize..2000, 0..40),
             max in 40usize..200,
+            eager in prop::option::of(1usize..60),
         ) {
             let deltas = split_at(&text, &cuts);
             let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
-            let chunks = chunk_all(&refs, max);
+            let mut chunker = SentenceChunker::new(max);
+            if let Some(min) = eager {
+                chunker = chunker.with_eager_first_clause(min);
+            }
+            let chunks = chunk_all_with(&refs, chunker);
 
             // Invariant 1: nothing lost, nothing invented.
             let expected: Vec<&str> = text.split_whitespace().collect();
@@ -517,10 +597,18 @@ mod tests {
         fn streaming_gives_the_same_chunks_as_one_push(
             (_tokens, text) in text(),
             cuts in prop::collection::vec(0usize..2000, 0..40),
+            eager in prop::option::of(1usize..60),
         ) {
             let deltas = split_at(&text, &cuts);
             let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
-            prop_assert_eq!(chunk_all(&refs, 120), chunk_all(&[&text], 120));
+            let chunker = || {
+                let c = SentenceChunker::new(120);
+                match eager {
+                    Some(min) => c.with_eager_first_clause(min),
+                    None => c,
+                }
+            };
+            prop_assert_eq!(chunk_all_with(&refs, chunker()), chunk_all_with(&[&text], chunker()));
         }
     }
 }

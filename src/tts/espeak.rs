@@ -427,6 +427,16 @@ impl EspeakEngine {
     }
 }
 
+/// IPA phonemes of `text` from the shared espeak owner, clause by clause
+/// joined with spaces (punctuation dropped, as espeak does). Blocks the
+/// calling thread; call it from a blocking context.
+///
+/// # Errors
+/// [`TtsError::Model`] when libespeak-ng is unusable.
+pub fn phonemize_ipa(text: &str) -> Result<String, TtsError> {
+    EspeakEngine::get()?.phonemize_blocking(text)
+}
+
 /// The espeak-ng voice: robotic but intelligible, sub-millisecond first audio,
 /// always available (no model files). The fallback and the test voice.
 #[derive(Clone, Debug)]
@@ -592,8 +602,7 @@ mod tests {
 
     #[test]
     fn phonemes_are_ipa() {
-        let engine = EspeakEngine::get().unwrap();
-        let ipa = engine.phonemize_blocking("Hello world").unwrap();
+        let ipa = phonemize_ipa("Hello world").unwrap();
         assert!(ipa.contains('ˈ'), "{ipa}");
         assert!(ipa.contains("wˈɜːld"), "{ipa}");
     }

@@ -647,6 +647,27 @@ mod tests {
         assert!(!ok.samples.is_empty());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_long_run_releases_the_voice() {
+        let Some(voice) = voice_or_skip() else { return };
+        let cancel = CancellationToken::new();
+        let long = "This is a long sentence that goes on and on without end. ".repeat(20);
+        let task = {
+            let (voice, cancel) = (voice.clone(), cancel.clone());
+            tokio::spawn(async move { voice.synthesize(&long, &cancel).await })
+        };
+        tokio::task::yield_now().await;
+        cancel.cancel();
+        let r = task.await.unwrap();
+        assert!(matches!(r, Err(TtsError::Cancelled)), "{r:?}");
+        // The terminated run gives the session back (invariant 3).
+        let ok = voice
+            .synthesize("Spoken.", &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(!ok.samples.is_empty());
+    }
+
     #[test]
     fn load_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
