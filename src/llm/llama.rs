@@ -22,6 +22,19 @@
 //!    cache (sequence 0, positions `0..cached.len()`).
 //! 5. A prompt never exceeds the context: the oldest non-system messages are
 //!    dropped until prompt plus `max_tokens` fits.
+//!
+//! # Scheduling on two cores
+//! llama.cpp's worker threads spin while they wait for each other. With as
+//! many threads as cores, any other runnable thread (Piper synthesising the
+//! previous sentence, a build, the audio path) stalls every matrix product:
+//! measured on a 2-core machine with other load, 2 threads fell from tens of
+//! tokens/s to 1–6 tokens/s, and 2-thread prefill took seconds. One thread
+//! degrades in proportion to the load instead (roughly halved beside a
+//! 1-thread Piper) and still decodes far faster than speech is spoken
+//! (about 3 tokens/s). Hence the default of one thread for both decode and
+//! prefill, leaving the other core to text-to-speech (Piper with one
+//! intra-op thread, spinning off). Raise `threads` only on machines with
+//! spare cores.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -59,12 +72,12 @@ If you do not know the answer, say so briefly.";
 /// How the embedded model runs.
 #[derive(Clone, Debug)]
 pub struct LlamaOptions {
-    /// Threads for decoding (2 on a 2-core machine; 1 leaves a core free
-    /// for speech synthesis, see the crate's scheduling notes).
+    /// Threads for decoding (default 1; see "Scheduling on two cores" in
+    /// the module doc before raising it).
     pub threads: usize,
     /// Threads for prompt prefill; `None` means the same as `threads`.
-    /// Prefill runs when the user has stopped speaking, before any reply
-    /// audio is synthesised, so it can use both cores.
+    /// Prefill runs after the user stops speaking, when little else runs,
+    /// but it spins like decoding does.
     pub prefill_threads: Option<usize>,
     /// Context length in tokens.
     pub context_tokens: u32,
@@ -86,7 +99,7 @@ pub struct LlamaOptions {
 impl Default for LlamaOptions {
     fn default() -> Self {
         Self {
-            threads: 2,
+            threads: 1,
             prefill_threads: None,
             context_tokens: 2048,
             batch_tokens: 512,
