@@ -259,13 +259,20 @@ impl LlamaChat {
 }
 
 /// Where the embedded model file is, by convention: `COLLOQUY_LLM_GGUF`, or
-/// `smollm2-135m-instruct-q4_1.gguf` in `COLLOQUY_MODELS`.
+/// in the `COLLOQUY_MODELS` store `smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf`
+/// (the model store's layout), else `smollm2-135m-instruct-q4_1.gguf`.
 pub fn default_model_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("COLLOQUY_LLM_GGUF") {
         return Some(PathBuf::from(p));
     }
-    std::env::var_os("COLLOQUY_MODELS")
-        .map(|dir| PathBuf::from(dir).join("smollm2-135m-instruct-q4_1.gguf"))
+    let dir = PathBuf::from(std::env::var_os("COLLOQUY_MODELS")?);
+    let store = dir.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let flat = dir.join("smollm2-135m-instruct-q4_1.gguf");
+    Some(if !store.is_file() && flat.is_file() {
+        flat
+    } else {
+        store
+    })
 }
 
 #[async_trait]

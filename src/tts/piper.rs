@@ -182,21 +182,35 @@ pub const ONNXRUNTIME_LIB: &str = "libonnxruntime.so.1.32.0";
 
 /// Paths of the default voice: `(onnx, config_json, onnxruntime_lib)`, from
 /// `COLLOQUY_PIPER_ONNX` (config next to it, `.onnx.json`) and
-/// `COLLOQUY_ONNXRUNTIME_LIB`, each falling back to `COLLOQUY_MODELS`.
+/// `COLLOQUY_ONNXRUNTIME_LIB`, each falling back to the `COLLOQUY_MODELS`
+/// store (`piper-en_US-joe-medium/…`, `onnxruntime/…`) or, when only that
+/// exists, a flat directory holding the files.
 pub fn default_voice_paths() -> Option<(PathBuf, PathBuf, PathBuf)> {
     let models = std::env::var_os("COLLOQUY_MODELS").map(PathBuf::from);
+    let in_store = |sub: &str, file: &str| {
+        models.as_ref().map(|m| {
+            let store = m.join(sub).join(file);
+            let flat = m.join(file);
+            if !store.is_file() && flat.is_file() {
+                flat
+            } else {
+                store
+            }
+        })
+    };
     let onnx = std::env::var_os("COLLOQUY_PIPER_ONNX")
         .map(PathBuf::from)
         .or_else(|| {
-            models
-                .as_ref()
-                .map(|m| m.join(format!("{DEFAULT_VOICE}.onnx")))
+            in_store(
+                &format!("piper-{DEFAULT_VOICE}"),
+                &format!("{DEFAULT_VOICE}.onnx"),
+            )
         })?;
     let mut json = onnx.clone().into_os_string();
     json.push(".json");
     let lib = std::env::var_os("COLLOQUY_ONNXRUNTIME_LIB")
         .map(PathBuf::from)
-        .or_else(|| models.as_ref().map(|m| m.join(ONNXRUNTIME_LIB)))?;
+        .or_else(|| in_store("onnxruntime", ONNXRUNTIME_LIB))?;
     Some((onnx, PathBuf::from(json), lib))
 }
 
