@@ -437,14 +437,21 @@ impl PiperTts {
                 None => {}
             }
             if clause.ends_sentence {
-                let phonemes = std::mem::take(&mut current).trim().to_string();
-                if phonemes.chars().any(char::is_alphabetic) {
-                    let ids = phonemes_to_ids(&phonemes, &self.inner.ids);
-                    sentences.push(PhonemizedSentence { phonemes, ids });
-                }
+                self.push_sentence(&mut current, &mut sentences);
             }
         }
+        // Text that ends in a clause (`Well, the answer is,`), as an eagerly
+        // cut first chunk does, is still spoken.
+        self.push_sentence(&mut current, &mut sentences);
         Ok(sentences)
+    }
+
+    fn push_sentence(&self, current: &mut String, sentences: &mut Vec<PhonemizedSentence>) {
+        let phonemes = std::mem::take(current).trim().to_string();
+        if phonemes.chars().any(char::is_alphabetic) {
+            let ids = phonemes_to_ids(&phonemes, &self.inner.ids);
+            sentences.push(PhonemizedSentence { phonemes, ids });
+        }
     }
 
     /// Synthesises `text` on the calling thread (blocking; holds invariant 3).
@@ -609,6 +616,10 @@ mod tests {
         assert!(sentences[0].phonemes.contains(", "), "{:?}", sentences[0]);
         assert!(sentences[0].phonemes.ends_with('.'), "{:?}", sentences[0]);
         assert!(sentences[1].phonemes.ends_with('?'), "{:?}", sentences[1]);
+        // A chunk ending in a clause is spoken, comma and all.
+        let clause = voice.phonemize("Well, the capital of France,").unwrap();
+        assert_eq!(clause.len(), 1, "{clause:?}");
+        assert!(clause[0].phonemes.ends_with(','), "{clause:?}");
         let ids = &sentences[1].ids;
         assert_eq!((ids[0], ids[1], ids[ids.len() - 1]), (1, 0, 2));
         // Every phoneme of an English sentence is in the voice's map.
