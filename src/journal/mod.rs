@@ -60,7 +60,11 @@ pub struct TurnRecord {
 impl TurnRecord {
     /// Voice-to-voice latency: end of speech → first audio (ms).
     pub fn voice_to_voice_ms(&self) -> Option<u64> {
-        Some(self.timing.first_audio_ms?.saturating_sub(self.timing.end_of_speech_ms?))
+        Some(
+            self.timing
+                .first_audio_ms?
+                .saturating_sub(self.timing.end_of_speech_ms?),
+        )
     }
 }
 
@@ -142,7 +146,8 @@ impl Journal {
         }
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
             .map_err(|e| classify_open(path, e))?;
-        conn.execute_batch(SCHEMA).map_err(|e| classify_open(path, e))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| classify_open(path, e))?;
         // Refuse a journal we could not write to at start, not mid-session.
         conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
             .map_err(|e| classify_open(path, e))?;
@@ -199,7 +204,11 @@ impl Journal {
     }
 
     /// Writes one committed round in one transaction (invariant 1).
-    pub fn append_turn(&mut self, session: &str, round: &CommittedRound) -> Result<i64, JournalError> {
+    pub fn append_turn(
+        &mut self,
+        session: &str,
+        round: &CommittedRound,
+    ) -> Result<i64, JournalError> {
         let user = first_text(&round.messages, Role::User);
         let assistant = round
             .messages
@@ -284,7 +293,8 @@ impl Journal {
                 })
             })
             .map_err(|e| self.write_err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.write_err(e))
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.write_err(e))
     }
 
     /// The turns of `session`, in order.
@@ -325,7 +335,8 @@ impl Journal {
                 })
             })
             .map_err(|e| self.write_err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.write_err(e))
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.write_err(e))
     }
 
     /// The committed history of `session` (to resume it).
@@ -397,11 +408,16 @@ pub fn render_trace(turns: &[TurnRecord]) -> String {
             t.index + 1,
             t.epoch,
             if t.interrupted { " [interrupted]" } else { "" },
-            t.model.as_deref().map(|m| format!(" model {m}")).unwrap_or_default()
+            t.model
+                .as_deref()
+                .map(|m| format!(" model {m}"))
+                .unwrap_or_default()
         );
         let _ = writeln!(out, "  user:      {}", t.user);
         let _ = writeln!(out, "  assistant: {}", t.assistant);
-        let Some(eos) = t.timing.end_of_speech_ms else { continue };
+        let Some(eos) = t.timing.end_of_speech_ms else {
+            continue;
+        };
         let stages = [
             ("end of speech", Some(eos)),
             ("stt final", t.timing.stt_ms),
@@ -459,8 +475,10 @@ mod tests {
         let path = dir.path().join("j.sqlite");
         let mut j = Journal::open(&path).expect("open");
         let id = j.start_session(None, "voice", "test").expect("session");
-        j.append_turn(&id, &round("hi", "hello", false)).expect("turn");
-        j.append_turn(&id, &round("capital of france", "Paris is", true)).expect("turn");
+        j.append_turn(&id, &round("hi", "hello", false))
+            .expect("turn");
+        j.append_turn(&id, &round("capital of france", "Paris is", true))
+            .expect("turn");
         drop(j);
         let j = Journal::open(&path).expect("reopen");
         let turns = j.turns(&id).expect("turns");
@@ -474,7 +492,10 @@ mod tests {
         assert_eq!(j.integrity_check().expect("check"), "ok");
         let trace = render_trace(&turns);
         assert!(trace.contains("first audio"), "{trace}");
-        assert!(matches!(j.turns("nope"), Err(JournalError::NoSession { .. })));
+        assert!(matches!(
+            j.turns("nope"),
+            Err(JournalError::NoSession { .. })
+        ));
     }
 
     #[test]

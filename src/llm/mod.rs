@@ -26,6 +26,12 @@ pub use span::{SpanEvent, SpanKind, SpanSink};
 pub use stack::LlmStack;
 pub use telemetry::{Telemetry, TelemetryStore, WindowConfig};
 
+#[cfg(feature = "embedded")]
+pub mod llama;
+
+#[cfg(feature = "embedded")]
+pub use llama::LlamaChat;
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};

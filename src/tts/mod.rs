@@ -6,6 +6,16 @@
 //! 2. A cancelled synthesis returns [`TtsError::Cancelled`] promptly and
 //!    leaves the backend usable.
 
+pub mod chunker;
+pub mod espeak;
+#[cfg(feature = "embedded")]
+pub mod piper;
+
+pub use chunker::SentenceChunker;
+pub use espeak::EspeakTts;
+#[cfg(feature = "embedded")]
+pub use piper::PiperTts;
+
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
