@@ -205,6 +205,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pace,
                 tail_cap: Duration::from_secs(tail_secs),
                 progress: true,
+                journal: None,
+                resume: None,
             };
             let report = replay(&opts, agent, session_config(&pipeline))
                 .with_context(|| format!("replaying {}", input.display()))?;

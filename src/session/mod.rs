@@ -386,6 +386,19 @@ impl Session {
         self.collect_events();
     }
 
+    /// Reports a problem outside the pipeline (journal, device) as an `error`
+    /// event at the current time; the session goes on.
+    pub fn report_error(&mut self, source: &str, message: String) {
+        let now = self.now_ms();
+        self.push_event(
+            now,
+            Event::Error {
+                source: source.to_string(),
+                message,
+            },
+        );
+    }
+
     fn push_event(&mut self, t_ms: u64, event: Event) {
         self.events.push(TimedEvent { t_ms, event });
     }

@@ -56,6 +56,10 @@ pub struct ReplayOptions {
     /// Longest time replay continues after the input ends.
     pub tail_cap: Duration,
     pub progress: bool,
+    /// Journal file to write committed turns to (none: no journal).
+    pub journal: Option<PathBuf>,
+    /// Resume this journal session: its committed history is the starting context.
+    pub resume: Option<String>,
 }
 
 impl ReplayOptions {
@@ -67,6 +71,8 @@ impl ReplayOptions {
             pace: Pace::Fast,
             tail_cap: Duration::from_secs(60),
             progress: false,
+            journal: None,
+            resume: None,
         }
     }
 }
@@ -78,6 +84,8 @@ pub enum ReplayError {
     Wav(#[from] WavError),
     #[error("{path}: {cause}")]
     Session { path: PathBuf, cause: SessionError },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("cannot write the event log {path}: {cause}")]
     Events {
         path: PathBuf,
@@ -93,6 +101,8 @@ pub struct ReplayReport {
     pub wall: Duration,
     pub events: Vec<TimedEvent>,
     pub committed: Vec<CommittedRound>,
+    /// The journal session the turns were written to.
+    pub session_id: Option<String>,
     /// User channel of the timeline (16 kHz).
     pub user: Vec<i16>,
     /// Bot channel of the timeline (16 kHz).
@@ -134,11 +144,25 @@ pub fn replay(
     let step = (audio.sample_rate / 50) as usize * audio.channels as usize;
     let (mut in_prod, in_cons) = input_ring(step * 16);
     let (out_prod, mut out_cons) = output_ring(SAMPLE_RATE as usize * 8);
-    let mut session =
-        Session::new(config, agent, in_cons, out_prod).map_err(|cause| ReplayError::Session {
+    let mut journal = match &opts.journal {
+        Some(path) => {
+            let mut j = crate::journal::Journal::open(path)?;
+            let source = opts.input.display().to_string();
+            let id = j.start_session(opts.resume.as_deref(), agent.name(), &source)?;
+            Some((j, id))
+        }
+        None => None,
+    };
+    let history = match (&journal, &opts.resume) {
+        (Some((j, id)), Some(_)) => j.history(id)?,
+        _ => Vec::new(),
+    };
+    let mut session = Session::new(config, agent, in_cons, out_prod)
+        .map_err(|cause| ReplayError::Session {
             path: opts.input.clone(),
             cause,
-        })?;
+        })?
+        .with_history(history);
 
     let mut events_file = match &opts.events {
         Some(path) => Some(std::io::BufWriter::new(
@@ -197,14 +221,21 @@ pub fn replay(
                     .map(|&s| crate::audio::resample::f32_to_i16(s)),
             );
         });
+        commit_to_journal(&mut session, &mut report.committed, journal.as_mut());
         write_events(&mut session, &mut report.events, events_file.as_mut(), opts)?;
         if let Some(b) = &bar {
             b.set_position(session.now_ms().min(report.input_ms));
         }
     }
     session.shutdown();
+    commit_to_journal(&mut session, &mut report.committed, journal.as_mut());
     write_events(&mut session, &mut report.events, events_file.as_mut(), opts)?;
-    report.committed = session.drain_committed();
+    if let Some((j, id)) = journal.as_mut() {
+        if let Err(e) = j.finish_session(id, session.coordinator().quarantined()) {
+            tracing::warn!(error = %e, "journal: could not record the session summary");
+        }
+        report.session_id = Some(id.clone());
+    }
     if let Some(f) = events_file.as_mut() {
         f.flush().map_err(|cause| ReplayError::Events {
             path: opts.events.clone().unwrap_or_default(),
@@ -222,6 +253,25 @@ pub fn replay(
     Ok(report)
 }
 
+/// Writes the rounds committed since the last call to the journal, before
+/// their events reach the log (so a logged `committed` is in the journal). A
+/// failed write becomes an `error` event; the conversation goes on.
+fn commit_to_journal(
+    session: &mut Session,
+    all: &mut Vec<CommittedRound>,
+    journal: Option<&mut (crate::journal::Journal, String)>,
+) {
+    let rounds = session.drain_committed();
+    if let Some((j, id)) = journal {
+        for round in &rounds {
+            if let Err(e) = j.append_turn(id, round) {
+                session.report_error("journal", e.to_string());
+            }
+        }
+    }
+    all.extend(rounds);
+}
+
 fn write_events(
     session: &mut Session,
     all: &mut Vec<TimedEvent>,
@@ -234,6 +284,12 @@ fn write_events(
         for e in &all[start..] {
             let line = serde_json::to_string(e).unwrap_or_default();
             writeln!(f, "{line}").map_err(|cause| ReplayError::Events {
+                path: opts.events.clone().unwrap_or_default(),
+                cause,
+            })?;
+        }
+        if all.len() > start {
+            f.flush().map_err(|cause| ReplayError::Events {
                 path: opts.events.clone().unwrap_or_default(),
                 cause,
             })?;
