@@ -72,7 +72,9 @@ fn clips() -> Option<Vec<Clip>> {
     ] {
         let text = match std::fs::read_to_string(root.join(list)) {
             Ok(t) => t,
-            Err(e) if required() => panic!("recordings missing: {}: {e}", root.join(list).display()),
+            Err(e) if required() => {
+                panic!("recordings missing: {}: {e}", root.join(list).display())
+            }
             Err(e) => {
                 eprintln!("skipping: {}: {e}", root.join(list).display());
                 return None;
@@ -86,7 +88,11 @@ fn clips() -> Option<Vec<Clip>> {
             });
         }
     }
-    assert!(out.len() >= 10, "expected at least 10 clips, found {}", out.len());
+    assert!(
+        out.len() >= 10,
+        "expected at least 10 clips, found {}",
+        out.len()
+    );
     Some(out)
 }
 
@@ -162,10 +168,16 @@ async fn a_cancelled_transcription_returns_cancelled_and_the_backend_stays_usabl
         tokio::task::yield_now().await;
         cancel.cancel();
     });
-    println!("cancelled mid-inference after {} ms", t.elapsed().as_millis());
+    println!(
+        "cancelled mid-inference after {} ms",
+        t.elapsed().as_millis()
+    );
     assert!(matches!(r, Err(SttError::Cancelled)), "{r:?}");
 
-    let ok = stt.transcribe(&audio, &CancellationToken::new()).await.unwrap();
+    let ok = stt
+        .transcribe(&audio, &CancellationToken::new())
+        .await
+        .unwrap();
     let (e, n) = word_errors(&clips[0].reference, &ok.text);
     assert!(e * 5 < n, "backend unusable after cancel: {:?}", ok.text);
 }
@@ -178,6 +190,22 @@ async fn empty_audio_is_an_input_error() {
     let stt = WhisperStt::load(&path, WhisperConfig::default()).unwrap();
     let r = stt.transcribe(&[], &CancellationToken::new()).await;
     assert!(matches!(r, Err(SttError::Input(_))), "{r:?}");
+}
+
+/// CPU time of this process (user + system) in ms, from `/proc/self/stat`
+/// (Linux; 0 elsewhere). Unlike wall time it is not inflated by other load.
+fn cpu_ms() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f
+        .get(11..13)
+        .map_or(0, |v| v.iter().filter_map(|x| x.parse::<u64>().ok()).sum());
+    ticks * 10 // USER_HZ is 100 on Linux
 }
 
 /// Measurement, not a check: per-clip latency and WER for the full and the
@@ -200,19 +228,41 @@ fn measure_audio_ctx_and_threads() {
         };
         let stt = WhisperStt::load(&path, config).unwrap();
         println!("threads {threads}: load {} ms", stt.load_time().as_millis());
-        for (label, ctx) in [("full", AudioCtx::Full), ("fit", AudioCtx::FIT_DEFAULT)] {
+        let fits = [
+            ("full", AudioCtx::Full),
+            (
+                "fit1",
+                AudioCtx::Fit {
+                    margin_ms: 1000,
+                    min_frames: 150,
+                },
+            ),
+            (
+                "fit2",
+                AudioCtx::Fit {
+                    margin_ms: 2000,
+                    min_frames: 300,
+                },
+            ),
+            ("fit3", AudioCtx::FIT_DEFAULT),
+        ];
+        for (label, ctx) in fits {
             let (mut errs, mut words, mut total_ms, mut fallbacks) = (0, 0, 0u128, 0);
+            let mut total_cpu = 0u64;
             for (name, reference, pcm) in &audio {
+                let cpu0 = cpu_ms();
                 let d = stt
                     .decode_blocking(pcm, ctx, &CancellationToken::new())
                     .unwrap();
+                let cpu = cpu_ms() - cpu0;
+                total_cpu += cpu;
                 let (e, n) = word_errors(reference, &d.text);
                 errs += e;
                 words += n;
                 total_ms += d.elapsed.as_millis();
                 fallbacks += usize::from(d.fell_back);
                 println!(
-                    "  {label:<4} t{threads} {name:<52} {:>4.1} s {:>5} ms frames {:>4}{} WER {:>5.1} % {:?}",
+                    "  {label:<4} t{threads} {name:<52} {:>4.1} s {:>5} ms (cpu {cpu:>5} ms) frames {:>4}{} WER {:>5.1} % {:?}",
                     pcm.len() as f64 / 16_000.0,
                     d.elapsed.as_millis(),
                     d.frames,
@@ -222,9 +272,10 @@ fn measure_audio_ctx_and_threads() {
                 );
             }
             println!(
-                "  {label:<4} t{threads} TOTAL WER {:.1} % ({errs}/{words}), mean {} ms, fallbacks {fallbacks}",
+                "  {label:<4} t{threads} TOTAL WER {:.1} % ({errs}/{words}), mean {} ms wall, {} ms cpu, fallbacks {fallbacks}",
                 100.0 * errs as f64 / words as f64,
-                total_ms / audio.len() as u128
+                total_ms / audio.len() as u128,
+                total_cpu / audio.len() as u64
             );
         }
     }

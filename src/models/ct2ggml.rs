@@ -136,8 +136,7 @@ impl<'a> Cursor<'a> {
         let n = usize::from(self.u16(what)?);
         let b = self.take(n, what)?;
         let b = b.strip_suffix(&[0]).unwrap_or(b);
-        String::from_utf8(b.to_vec())
-            .map_err(|_| ConvertError::Ct2(format!("{what} is not UTF-8")))
+        String::from_utf8(b.to_vec()).map_err(|_| ConvertError::Ct2(format!("{what} is not UTF-8")))
     }
 }
 
@@ -426,7 +425,13 @@ impl<'a> Planner<'a> {
     }
 
     /// Part `k` of `parts` of a fused projection, split along axis 0.
-    fn part(&mut self, name: String, src: &str, k: usize, parts: usize) -> Result<(), ConvertError> {
+    fn part(
+        &mut self,
+        name: String,
+        src: &str,
+        k: usize,
+        parts: usize,
+    ) -> Result<(), ConvertError> {
         let v = var(self.m, src)?;
         let rows = v.dims.first().copied().unwrap_or(0);
         if rows == 0 || rows % parts != 0 {
@@ -449,18 +454,31 @@ impl<'a> Planner<'a> {
     }
 
     fn linear(&mut self, dst: &str, src: &str) -> Result<(), ConvertError> {
-        self.whole(format!("{dst}.weight"), &format!("{src}/weight"), None, false)?;
+        self.whole(
+            format!("{dst}.weight"),
+            &format!("{src}/weight"),
+            None,
+            false,
+        )?;
         self.whole(format!("{dst}.bias"), &format!("{src}/bias"), None, false)
     }
 
     fn norm(&mut self, dst: &str, src: &str) -> Result<(), ConvertError> {
-        self.whole(format!("{dst}.weight"), &format!("{src}/gamma"), None, false)?;
+        self.whole(
+            format!("{dst}.weight"),
+            &format!("{src}/gamma"),
+            None,
+            false,
+        )?;
         self.whole(format!("{dst}.bias"), &format!("{src}/beta"), None, false)
     }
 
     /// Self-attention from a fused [Q; K; V] (invariant 3).
     fn self_attn(&mut self, dst: &str, src: &str) -> Result<(), ConvertError> {
-        let (w, b) = (format!("{src}/linear_0/weight"), format!("{src}/linear_0/bias"));
+        let (w, b) = (
+            format!("{src}/linear_0/weight"),
+            format!("{src}/linear_0/bias"),
+        );
         self.part(format!("{dst}.attn.query.weight"), &w, 0, 3)?;
         self.part(format!("{dst}.attn.query.bias"), &b, 0, 3)?;
         self.part(format!("{dst}.attn.key.weight"), &w, 1, 3)?;
@@ -472,13 +490,22 @@ impl<'a> Planner<'a> {
 
     /// Cross-attention: query, fused [K; V] (invariant 3), out.
     fn cross_attn(&mut self, dst: &str, src: &str) -> Result<(), ConvertError> {
-        self.linear(&format!("{dst}.cross_attn.query"), &format!("{src}/linear_0"))?;
-        let (w, b) = (format!("{src}/linear_1/weight"), format!("{src}/linear_1/bias"));
+        self.linear(
+            &format!("{dst}.cross_attn.query"),
+            &format!("{src}/linear_0"),
+        )?;
+        let (w, b) = (
+            format!("{src}/linear_1/weight"),
+            format!("{src}/linear_1/bias"),
+        );
         self.part(format!("{dst}.cross_attn.key.weight"), &w, 0, 2)?;
         self.part(format!("{dst}.cross_attn.value.weight"), &w, 1, 2)?;
         self.part(format!("{dst}.cross_attn.value.bias"), &b, 1, 2)?;
         self.linear(&format!("{dst}.cross_attn.out"), &format!("{src}/linear_2"))?;
-        self.norm(&format!("{dst}.cross_attn_ln"), &format!("{src}/layer_norm"))
+        self.norm(
+            &format!("{dst}.cross_attn_ln"),
+            &format!("{src}/layer_norm"),
+        )
     }
 
     fn mlp(&mut self, dst: &str, src: &str) -> Result<(), ConvertError> {
@@ -497,12 +524,27 @@ fn plan<'a>(m: &'a Ct2Model<'a>, hp: &Hparams) -> Result<Vec<OutTensor<'a>>, Con
     let mut p = Planner { m, out: Vec::new() };
     let pe = "position_encodings/encodings";
     for conv in ["conv1", "conv2"] {
-        p.whole(format!("encoder.{conv}.weight"), &format!("encoder/{conv}/weight"), None, false)?;
+        p.whole(
+            format!("encoder.{conv}.weight"),
+            &format!("encoder/{conv}/weight"),
+            None,
+            false,
+        )?;
         let bias = format!("encoder/{conv}/bias");
         let n = dim(m, &bias, 0)?;
-        p.whole(format!("encoder.{conv}.bias"), &bias, Some(vec![n, 1]), true)?;
+        p.whole(
+            format!("encoder.{conv}.bias"),
+            &bias,
+            Some(vec![n, 1]),
+            true,
+        )?;
     }
-    p.whole("encoder.positional_embedding".into(), &format!("encoder/{pe}"), None, true)?;
+    p.whole(
+        "encoder.positional_embedding".into(),
+        &format!("encoder/{pe}"),
+        None,
+        true,
+    )?;
     for i in 0..hp.n_audio_layer {
         let (dst, src) = (format!("encoder.blocks.{i}"), format!("encoder/layer_{i}"));
         p.self_attn(&dst, &format!("{src}/self_attention"))?;
@@ -510,8 +552,18 @@ fn plan<'a>(m: &'a Ct2Model<'a>, hp: &Hparams) -> Result<Vec<OutTensor<'a>>, Con
     }
     p.norm("encoder.ln_post", "encoder/layer_norm")?;
 
-    p.whole("decoder.token_embedding.weight".into(), "decoder/embeddings/weight", None, false)?;
-    p.whole("decoder.positional_embedding".into(), &format!("decoder/{pe}"), None, true)?;
+    p.whole(
+        "decoder.token_embedding.weight".into(),
+        "decoder/embeddings/weight",
+        None,
+        false,
+    )?;
+    p.whole(
+        "decoder.positional_embedding".into(),
+        &format!("decoder/{pe}"),
+        None,
+        true,
+    )?;
     for i in 0..hp.n_text_layer {
         let (dst, src) = (format!("decoder.blocks.{i}"), format!("decoder/layer_{i}"));
         p.self_attn(&dst, &format!("{src}/self_attention"))?;
@@ -624,7 +676,10 @@ pub(crate) mod tests {
     use super::*;
 
     /// Builds a CT2 model.bin: variables are (name, dims, dtype, data).
-    pub(crate) fn ct2_file(vars: &[(String, Vec<u32>, u8, Vec<u8>)], aliases: &[(&str, &str)]) -> Vec<u8> {
+    pub(crate) fn ct2_file(
+        vars: &[(String, Vec<u32>, u8, Vec<u8>)],
+        aliases: &[(&str, &str)],
+    ) -> Vec<u8> {
         fn s(out: &mut Vec<u8>, x: &str) {
             out.extend_from_slice(&((x.len() + 1) as u16).to_le_bytes());
             out.extend_from_slice(x.as_bytes());
@@ -678,7 +733,10 @@ pub(crate) mod tests {
         add("encoder/conv2/bias", vec![d]);
         add("encoder/position_encodings/encodings", vec![3, d]);
         for p in ["encoder/layer_0", "decoder/layer_0"] {
-            add(&format!("{p}/self_attention/linear_0/weight"), vec![3 * d, d]);
+            add(
+                &format!("{p}/self_attention/linear_0/weight"),
+                vec![3 * d, d],
+            );
             add(&format!("{p}/self_attention/linear_0/bias"), vec![3 * d]);
             add(&format!("{p}/self_attention/linear_1/weight"), vec![d, d]);
             add(&format!("{p}/self_attention/linear_1/bias"), vec![d]);
@@ -705,9 +763,22 @@ pub(crate) mod tests {
         add("decoder/layer_norm/beta", vec![d]);
         add("decoder/embeddings/weight", vec![6, d]);
         add("decoder/position_encodings/encodings", vec![5, d]);
-        vars.push(("encoder/num_heads".into(), vec![], DT_I16, 2i16.to_le_bytes().to_vec()));
-        vars.push(("decoder/num_heads".into(), vec![], DT_I16, 2i16.to_le_bytes().to_vec()));
-        ct2_file(&vars, &[("decoder/projection/weight", "decoder/embeddings/weight")])
+        vars.push((
+            "encoder/num_heads".into(),
+            vec![],
+            DT_I16,
+            2i16.to_le_bytes().to_vec(),
+        ));
+        vars.push((
+            "decoder/num_heads".into(),
+            vec![],
+            DT_I16,
+            2i16.to_le_bytes().to_vec(),
+        ));
+        ct2_file(
+            &vars,
+            &[("decoder/projection/weight", "decoder/embeddings/weight")],
+        )
     }
 
     pub(crate) fn tiny_tokenizer() -> Vec<u8> {
@@ -723,9 +794,8 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn npz(n_mels: usize, n_fft: usize) -> Vec<u8> {
-        let mut header = format!(
-            "{{'descr': '<f4', 'fortran_order': False, 'shape': ({n_mels}, {n_fft}), }}"
-        );
+        let mut header =
+            format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n_mels}, {n_fft}), }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -812,7 +882,15 @@ pub(crate) mod tests {
         assert_eq!(mel.len(), 2 * 201);
         assert_eq!(mel[3], 1.5);
         // Specials dropped; byte-level alphabet decoded to raw bytes.
-        assert_eq!(toks, vec![b"a".to_vec(), b"b".to_vec(), b" hello".to_vec(), b"\n".to_vec()]);
+        assert_eq!(
+            toks,
+            vec![
+                b"a".to_vec(),
+                b"b".to_vec(),
+                b" hello".to_vec(),
+                b"\n".to_vec()
+            ]
+        );
 
         let names: Vec<&str> = tensors.iter().map(|t| t.0.as_str()).collect();
         let expected = [
@@ -910,15 +988,25 @@ pub(crate) mod tests {
     fn truncated_ct2_is_an_error_not_a_panic() {
         let full = tiny_model();
         for cut in [0, 3, 10, full.len() / 2, full.len() - 5] {
-            let err = convert(&full[..cut], &tiny_tokenizer(), &npz(2, 201), &mut Vec::new());
+            let err = convert(
+                &full[..cut],
+                &tiny_tokenizer(),
+                &npz(2, 201),
+                &mut Vec::new(),
+            );
             assert!(err.is_err(), "cut at {cut} was accepted");
         }
     }
 
     #[test]
     fn missing_mel_bank_names_the_member() {
-        let err = convert(&tiny_model(), &tiny_tokenizer(), &npz(80, 201), &mut Vec::new())
-            .unwrap_err();
+        let err = convert(
+            &tiny_model(),
+            &tiny_tokenizer(),
+            &npz(80, 201),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("mel_2.npy"), "{err}");
     }
 }

