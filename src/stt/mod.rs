@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub mod normalize;
+#[cfg(feature = "embedded")]
+pub mod whisper;
 
 pub mod openai;
 

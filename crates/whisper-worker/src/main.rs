@@ -1,0 +1,286 @@
+//! `colloquy-whisper`: Whisper tiny.en through whisper.cpp, in its own
+//! process. colloquy's main binary links llama.cpp, whose ggml clashes with
+//! whisper.cpp's at link time; one engine per process keeps each with its
+//! own ggml. The parent (`colloquy::stt::whisper`) talks to it over pipes.
+//!
+//! Protocol (all integers little-endian):
+//! - start: `colloquy-whisper --model PATH [--threads N]`; the worker prints
+//!   one JSON line: `{"ready":true,"load_ms":N}` or `{"error":"..."}` (then exits 2).
+//! - request on stdin: `u32 samples`, `u8 window` (0 = full, 1 = fit),
+//!   `u32 margin_ms`, `u32 min_frames`, then `samples` × i16 PCM (16 kHz mono).
+//! - reply on stdout: one JSON line `{"text":..,"frames":..,"fell_back":..,"ms":..}`
+//!   or `{"error":".."}`. The worker then waits for the next request.
+//! - end: EOF on stdin. Cancelling = the parent kills the process.
+//!
+//! Decoding is greedy, English, no timestamps, one segment, blank and
+//! non-speech tokens suppressed, no temperature fallback. A fitted encoder
+//! window (utterance + margin) is ≈ 2.7× cheaper than the 30 s window but
+//! can loop; its output is checked by [`looks_degenerate`] and decoded again
+//! with the full window when it fails.
+//!
+//! # Invariants
+//! 1. One reply line per request, in order; malformed requests get an
+//!    `error` reply or end the process, never a partial line.
+//! 2. Requests longer than 30 s of audio are refused (no allocation beyond it).
+
+use std::ffi::{c_char, c_void};
+use std::io::{Read, Write};
+use std::time::Instant;
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
+
+const SAMPLE_RATE: usize = 16_000;
+const FRAMES_PER_SECOND: usize = 50;
+const FULL_CTX: usize = 1500;
+const MAX_SAMPLES: usize = 30 * SAMPLE_RATE;
+
+unsafe extern "C" fn quiet_log(
+    _level: whisper_rs_sys::ggml_log_level,
+    _text: *const c_char,
+    _user: *mut c_void,
+) {
+}
+
+fn reply(out: &mut impl Write, value: serde_json::Value) -> std::io::Result<()> {
+    writeln!(out, "{value}")?;
+    out.flush()
+}
+
+fn main() {
+    let code = match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = reply(
+                &mut std::io::stdout().lock(),
+                serde_json::json!({ "error": e }),
+            );
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let (mut model, mut threads) = (None, 2i32);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--model" => model = args.next(),
+            "--threads" => threads = args.next().and_then(|t| t.parse().ok()).unwrap_or(2),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let model = model.ok_or("missing --model PATH")?;
+    // SAFETY: a no-op callback that never touches its arguments.
+    unsafe { whisper_rs_sys::whisper_log_set(Some(quiet_log), std::ptr::null_mut()) };
+    let start = Instant::now();
+    let mut params = WhisperContextParameters::default();
+    params.use_gpu(false);
+    let ctx = WhisperContext::new_with_params(&model, params)
+        .map_err(|e| format!("{model}: whisper.cpp could not load it: {e}"))?;
+    let mut state = ctx
+        .create_state()
+        .map_err(|e| format!("{model}: could not create a decoder state: {e}"))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    reply(
+        &mut out,
+        serde_json::json!({ "ready": true, "load_ms": start.elapsed().as_millis() as u64 }),
+    )
+    .map_err(|e| e.to_string())?;
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    loop {
+        let mut header = [0u8; 13];
+        match input.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(format!("reading a request: {e}")),
+        }
+        let n = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let fit = header[4] == 1;
+        let margin_ms = u32::from_le_bytes([header[5], header[6], header[7], header[8]]) as usize;
+        let min_frames =
+            u32::from_le_bytes([header[9], header[10], header[11], header[12]]) as usize;
+        if n > MAX_SAMPLES {
+            // Holds invariant 2: the stream can't be resynchronised; stop.
+            return Err(format!("request of {n} samples is longer than 30 s"));
+        }
+        let mut bytes = vec![0u8; n * 2];
+        input
+            .read_exact(&mut bytes)
+            .map_err(|e| format!("reading audio: {e}"))?;
+        let audio: Vec<f32> = bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+            .collect();
+        let t = Instant::now();
+        let value = match transcribe(
+            &mut state,
+            threads,
+            &audio,
+            fit.then_some((margin_ms, min_frames)),
+        ) {
+            Ok((text, frames, fell_back)) => serde_json::json!({
+                "text": text, "frames": frames, "fell_back": fell_back, "ms": t.elapsed().as_millis() as u64
+            }),
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        reply(&mut out, value).map_err(|e| e.to_string())?;
+    }
+}
+
+/// Encoder frames for `samples` with a fitted window, or `None` for the full one.
+fn fitted_frames(samples: usize, margin_ms: usize, min_frames: usize) -> Option<usize> {
+    let ms = samples * 1000 / SAMPLE_RATE + margin_ms;
+    let frames = (ms * FRAMES_PER_SECOND).div_ceil(1000).max(min_frames);
+    (frames < FULL_CTX).then_some(frames)
+}
+
+fn transcribe(
+    state: &mut WhisperState,
+    threads: i32,
+    audio: &[f32],
+    fit: Option<(usize, usize)>,
+) -> Result<(String, usize, bool), String> {
+    if audio.is_empty() {
+        return Err("empty utterance".into());
+    }
+    let secs = audio.len() as f32 / SAMPLE_RATE as f32;
+    // whisper.cpp wants ≥ 100 ms; pad short inputs to 1 s of silence.
+    let mut pcm = audio.to_vec();
+    if pcm.len() < SAMPLE_RATE {
+        pcm.resize(SAMPLE_RATE, 0.0);
+    }
+    if let Some(frames) = fit.and_then(|(m, f)| fitted_frames(pcm.len(), m, f)) {
+        let text = full(state, threads, &pcm, Some(frames), secs)?;
+        if !looks_degenerate(&text, secs) {
+            return Ok((text, frames, false));
+        }
+        return Ok((full(state, threads, &pcm, None, secs)?, FULL_CTX, true));
+    }
+    Ok((full(state, threads, &pcm, None, secs)?, FULL_CTX, false))
+}
+
+fn full(
+    state: &mut WhisperState,
+    threads: i32,
+    pcm: &[f32],
+    frames: Option<usize>,
+    secs: f32,
+) -> Result<String, String> {
+    let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+    p.set_n_threads(threads.max(1));
+    p.set_language(Some("en"));
+    p.set_translate(false);
+    p.set_no_context(true);
+    p.set_no_timestamps(true);
+    p.set_single_segment(true);
+    p.set_suppress_blank(true);
+    p.set_suppress_nst(true);
+    p.set_print_special(false);
+    p.set_print_progress(false);
+    p.set_print_realtime(false);
+    p.set_print_timestamps(false);
+    p.set_temperature(0.0);
+    p.set_temperature_inc(0.0);
+    if let Some(frames) = frames {
+        p.set_audio_ctx(frames as i32);
+        // Guard against loops: about twice a fast speaking rate in tokens.
+        p.set_max_tokens((secs * 8.0) as i32 + 12);
+    }
+    state
+        .full(p, pcm)
+        .map_err(|e| format!("whisper.cpp failed: {e}"))?;
+    let mut text = String::new();
+    for seg in state.as_iter() {
+        text.push_str(
+            &seg.to_str_lossy()
+                .map_err(|e| format!("reading a segment: {e}"))?,
+        );
+    }
+    Ok(text.trim().to_string())
+}
+
+/// Whether a transcript of `secs` seconds of audio looks like a decoding loop:
+/// more words than anyone speaks (> 6 words/s + 3), a word n-gram (n = 1..4)
+/// repeated 4+ times in a row, or text that compresses too well (zlib ratio
+/// > 2.4 on texts of 60+ bytes, Whisper's own criterion).
+pub fn looks_degenerate(text: &str, secs: f32) -> bool {
+    // Words are runs of letters and digits: "old-s-y-y-y" is a loop of "y".
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    if words.len() as f32 > secs * 6.0 + 3.0 {
+        return true;
+    }
+    for n in 1..=4 {
+        if words.len() < n * 4 {
+            break;
+        }
+        let mut run = 1;
+        let mut i = n;
+        while i + n <= words.len() {
+            if words[i..i + n] == words[i - n..i] {
+                run += 1;
+                if run >= 4 {
+                    return true;
+                }
+                i += n;
+            } else {
+                run = 1;
+                i += 1;
+            }
+        }
+    }
+    if text.len() >= 60 {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        if z.write_all(text.as_bytes()).is_ok() {
+            if let Ok(c) = z.finish() {
+                if !c.is_empty() && text.len() as f32 / c.len() as f32 > 2.4 {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_window_covers_the_utterance_plus_margin() {
+        assert_eq!(fitted_frames(16_000, 1000, 150), Some(150));
+        assert_eq!(fitted_frames(16_000 * 5, 1000, 150), Some(300));
+        assert_eq!(fitted_frames(16_000 * 30, 1000, 150), None);
+        assert_eq!(fitted_frames(16_000 * 8, 3000, 500), Some(550));
+    }
+
+    #[test]
+    fn degenerate_output_is_detected() {
+        assert!(looks_degenerate("5 5 5 5 5 5", 2.0));
+        assert!(looks_degenerate("of clubs of clubs of clubs of clubs", 5.0));
+        assert!(looks_degenerate(
+            "the same sentence again. ".repeat(6).as_str(),
+            30.0
+        ));
+        assert!(!looks_degenerate("Ten of clubs.", 1.1));
+        assert!(!looks_degenerate(
+            "He was not an ill-disposed young man.",
+            2.0
+        ));
+        assert!(looks_degenerate(
+            "he was not an old-s-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-",
+            3.0
+        ));
+        assert!(!looks_degenerate(
+            "Unless to be rather cold-hearted and rather selfish is to be ill-disposed.",
+            5.3
+        ));
+    }
+}
