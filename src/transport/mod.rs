@@ -2,5 +2,7 @@
 //! [`crate::session::Session`] through its rings.
 //!
 //! - [`file`]: WAV in, stereo timeline WAV + JSONL events out (replay).
+//! - [`local`]: the computer's microphone and speaker (`cpal`), `colloquy run`.
 
 pub mod file;
+pub mod local;
