@@ -83,6 +83,10 @@ enum Command {
         /// JSONL event log to write (one event a line, times in ms).
         #[arg(long)]
         events: Option<PathBuf>,
+        /// Don't gate speech detection while the bot speaks (headphones only:
+        /// with a speaker the bot will hear and interrupt itself).
+        #[arg(long)]
+        no_echo_gate: bool,
         #[command(flatten)]
         pipeline: PipelineArgs,
     },
@@ -211,8 +215,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             input,
             output,
             events,
+            no_echo_gate,
             pipeline,
-        } => local::run(input, output, events, &pipeline),
+        } => local::run(input, output, events, !no_echo_gate, &pipeline),
         Command::Devices => local::devices(),
     }
 }
@@ -266,6 +271,7 @@ mod local {
         input: Option<String>,
         output: Option<String>,
         events: Option<PathBuf>,
+        echo_gate: bool,
         pipeline: &PipelineArgs,
     ) -> anyhow::Result<()> {
         let agent = build_agent(pipeline)?;
@@ -275,6 +281,7 @@ mod local {
             output,
             events: events.clone(),
             status: true,
+            echo_gate,
         };
         let report = transport::run(&opts, agent, session_config(pipeline), stop)?;
         let c = &report.counters;

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Which devices to use and what to write.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LocalOptions {
     /// Input device name (or id); `None` = the host's default.
     pub input: Option<String>,
@@ -57,6 +57,21 @@ pub struct LocalOptions {
     pub events: Option<PathBuf>,
     /// Draw the status line (hidden anyway when stderr is not a terminal).
     pub status: bool,
+    /// Gate the VAD with the playback level (session/echo.rs). Turn off only
+    /// with headphones, or to see the bot interrupt itself.
+    pub echo_gate: bool,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            input: None,
+            output: None,
+            events: None,
+            status: true,
+            echo_gate: true,
+        }
+    }
 }
 
 /// Input or output.
@@ -137,6 +152,8 @@ pub struct DeviceCounters {
     pub xruns: u64,
     /// Output samples discarded by barge-in flushes.
     pub flushed: u64,
+    /// Non-fatal errors the device reported (the stream went on).
+    pub device_errors: u64,
 }
 
 /// What a run produced.
@@ -227,7 +244,10 @@ fn find_device(
         .ok_or(LocalError::NoDefault(dir));
     };
     let devices: Vec<cpal::Device> = match dir {
-        Direction::Input => host.input_devices().map_err(LocalError::Enumerate)?.collect(),
+        Direction::Input => host
+            .input_devices()
+            .map_err(LocalError::Enumerate)?
+            .collect(),
         Direction::Output => host
             .output_devices()
             .map_err(LocalError::Enumerate)?
@@ -328,6 +348,24 @@ macro_rules! build_output {
 
 /// How often counters are checked and reported (invariant 3).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// A stream without a callback for this long is dead (watchdog).
+const STALL: Duration = Duration::from_secs(3);
+/// Longest wait for the streams to close at the end.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Extra time allowed for the first output callback.
+const STARTUP: Duration = Duration::from_secs(5);
+
+/// Errors after which a stream does not recover: stop the run.
+fn is_fatal(kind: cpal::ErrorKind) -> bool {
+    matches!(
+        kind,
+        cpal::ErrorKind::DeviceNotAvailable
+            | cpal::ErrorKind::HostUnavailable
+            | cpal::ErrorKind::StreamInvalidated
+            | cpal::ErrorKind::PermissionDenied
+    )
+}
+
 /// Driver tick: how long the driver sleeps between passes.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -435,6 +473,11 @@ pub fn run(
     let started = Instant::now();
     let mut stop_reason = StopReason::Requested;
     let mut committed: Vec<CommittedRound> = Vec::new();
+    let (mut last_outs, mut last_ins) = (0u64, 0u64);
+    // The first output callback can take a while (server start-up): give the
+    // watchdog the start-up allowance on top of STALL.
+    let mut out_seen = Instant::now() + STARTUP;
+    let mut in_seen = Instant::now();
 
     say(
         &status,
@@ -451,7 +494,8 @@ pub fn run(
         }
         // Device errors (invariant 3 for xruns, invariant 2 for the rest).
         let mut lost = None;
-        while let Ok((dir, e)) = err_rx.try_recv() {
+        // Bounded per tick: a dying stream can report errors in a tight loop.
+        for (dir, e) in err_rx.try_iter().take(64) {
             match e.kind() {
                 cpal::ErrorKind::Xrun => counters.xruns += 1,
                 cpal::ErrorKind::DeviceChanged => {
@@ -459,6 +503,16 @@ pub fn run(
                 }
                 cpal::ErrorKind::RealtimeDenied => {
                     tracing::debug!(device = %dir, "real-time scheduling refused: {e}")
+                }
+                // The stream goes on after these (cpal's ALSA worker keeps
+                // running); a stream that really died is caught by the
+                // watchdog below.
+                kind if !is_fatal(kind) => {
+                    counters.device_errors += 1;
+                    // Logged once; later ones are counted (invariant 3).
+                    if counters.device_errors == 1 {
+                        tracing::warn!(device = %dir, "audio device error (continuing): {e}");
+                    }
                 }
                 _ => {
                     let name = if dir == Direction::Input {
@@ -472,6 +526,31 @@ pub fn run(
                         )
                     });
                 }
+            }
+        }
+        // Watchdog: a running stream calls back every few ms; one silent for
+        // `STALL` has died without saying so.
+        let outs = shared.output_callbacks.load(Ordering::Relaxed);
+        let ins = shared.input_callbacks.load(Ordering::Relaxed);
+        if outs != last_outs {
+            last_outs = outs;
+            out_seen = Instant::now();
+        }
+        if ins != last_ins {
+            last_ins = ins;
+            in_seen = Instant::now();
+        }
+        if lost.is_none() {
+            if out_seen.elapsed() > STALL {
+                lost = Some(format!(
+                    "output device {out_name:?} stopped asking for audio ({} s without a callback); was it unplugged, or did the audio server stop?",
+                    STALL.as_secs()
+                ));
+            } else if model.started && in_seen.elapsed() > STALL {
+                lost = Some(format!(
+                    "input device {in_name:?} stopped delivering audio ({} s without a callback); was it unplugged, or did the audio server stop?",
+                    STALL.as_secs()
+                ));
             }
         }
         if let Some(msg) = lost {
@@ -489,7 +568,10 @@ pub fn run(
             );
         }
 
-        session.set_playback_level(shared.take_playback_level());
+        let level = shared.take_playback_level();
+        if opts.echo_gate {
+            session.set_playback_level(level);
+        }
         session.process(|_| {});
         // Invariant 4.
         shared
@@ -517,7 +599,16 @@ pub fn run(
                     counters.output_underruns,
                     reported.output_underruns,
                 ),
-                ("device xrun reported by the audio host", counters.xruns, reported.xruns),
+                (
+                    "device xrun reported by the audio host",
+                    counters.xruns,
+                    reported.xruns,
+                ),
+                (
+                    "audio device error (the stream went on)",
+                    counters.device_errors,
+                    reported.device_errors,
+                ),
             ] {
                 if now > before {
                     tracing::warn!("{what}: {} new, {now} in total", now - before);
@@ -543,9 +634,23 @@ pub fn run(
         std::thread::sleep(TICK);
     }
 
-    // Invariant 2: no callback runs after the streams are dropped.
-    drop(in_stream);
-    drop(out_stream);
+    // Invariant 2: no callback runs after the streams are dropped. A dead
+    // device can hang the backend's worker (dropping a stream joins it), so
+    // the streams are dropped on a helper thread, waited for a bounded time.
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let dropper = std::thread::Builder::new()
+        .name("close-audio".into())
+        .spawn(move || {
+            drop(in_stream);
+            drop(out_stream);
+            let _ = done_tx.send(());
+        });
+    if dropper.is_ok() && done_rx.recv_timeout(CLOSE_WAIT).is_err() {
+        tracing::warn!(
+            "the audio devices did not close within {} s; leaving them behind",
+            CLOSE_WAIT.as_secs()
+        );
+    }
     session.shutdown();
     let first = all_events.len();
     all_events.extend(session.drain_events());
