@@ -254,7 +254,12 @@ mod tests {
             play.pump();
             c.read(&mut buf);
         }
-        assert!(play.drained(), "played {} of {}", play.played_16k(), play.queued_16k());
+        assert!(
+            play.drained(),
+            "played {} of {}",
+            play.played_16k(),
+            play.queued_16k()
+        );
     }
 
     #[test]
