@@ -18,10 +18,11 @@
 //! # Invariants
 //! 1. No allocation, lock, blocking call or log inside a data callback
 //!    (callback.rs); the error callback only `try_send`s.
-//! 2. A stop (signal, `stop` flag) or a device error ends the run the same
-//!    way: streams dropped first (no callback runs after), then
-//!    `Session::shutdown`, which commits what was heard, so committed turns are
-//!    kept in the report either way.
+//! 2. A stop (signal, `stop` flag) or a device loss (a fatal cpal error, or a
+//!    stream without callbacks for `STALL`) ends the run the same way: streams
+//!    closed first (on a helper thread, bounded wait: a dead device can hang
+//!    the close), then `Session::shutdown`, which commits what was heard, so
+//!    committed turns are kept in the report either way.
 //! 3. Counters (overruns, underruns, xruns) never stop the run; they are
 //!    reported as `Event::Error` with source `device` at most once a second,
 //!    and only when they changed.
