@@ -73,6 +73,28 @@ enum Command {
     },
     /// Serve the talk page: open the printed URL, press the mic button, talk.
     Serve(ServeArgs),
+    // ---- local devices (transport/local) ------------------------------------
+    /// Talk to the agent through the microphone and speaker (Ctrl-C to stop).
+    Run {
+        /// Input device (name, id or a unique part of it; default: the system's).
+        #[arg(long)]
+        input: Option<String>,
+        /// Output device (name, id or a unique part of it; default: the system's).
+        #[arg(long)]
+        output: Option<String>,
+        /// JSONL event log to write (one event a line, times in ms).
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Don't gate speech detection while the bot speaks (headphones only:
+        /// with a speaker the bot will hear and interrupt itself).
+        #[arg(long)]
+        no_echo_gate: bool,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// List audio devices (names for `run --input/--output`).
+    Devices,
+    // ---- end local devices ---------------------------------------------------
 }
 
 // ---- `serve` (WebSocket transport) -------------------------------------------
@@ -155,7 +177,8 @@ fn init_logging(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Prints above `run`'s status line while one is drawn, else to stderr.
+        .with_writer(colloquy::transport::local::status::LogWriter)
         .try_init();
 }
 
@@ -247,5 +270,143 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Run {
+            input,
+            output,
+            events,
+            no_echo_gate,
+            pipeline,
+        } => local::run(input, output, events, !no_echo_gate, &pipeline),
+        Command::Devices => local::devices(),
     }
 }
+
+// ---- local devices (transport/local) ----------------------------------------
+mod local {
+    use super::{build_agent, session_config, PipelineArgs};
+    use colloquy::transport::local::{self as transport, LocalOptions, StopReason};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// Sets `stop` on Ctrl-C or SIGTERM (a watcher thread with its own
+    /// single-threaded tokio runtime).
+    fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    #[cfg(unix)]
+                    {
+                        use tokio::signal::unix::{signal, SignalKind};
+                        match signal(SignalKind::terminate()) {
+                            Ok(mut term) => {
+                                tokio::select! {
+                                    _ = tokio::signal::ctrl_c() => {}
+                                    _ = term.recv() => {}
+                                }
+                            }
+                            Err(_) => {
+                                let _ = tokio::signal::ctrl_c().await;
+                            }
+                        }
+                    }
+                    #[cfg(not(unix))]
+                    {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                });
+                flag.store(true, Ordering::Release);
+            })?;
+        Ok(stop)
+    }
+
+    pub fn run(
+        input: Option<String>,
+        output: Option<String>,
+        events: Option<PathBuf>,
+        echo_gate: bool,
+        pipeline: &PipelineArgs,
+    ) -> anyhow::Result<()> {
+        let agent = build_agent(pipeline)?;
+        let stop = stop_on_signal()?;
+        let opts = LocalOptions {
+            input,
+            output,
+            events: events.clone(),
+            status: true,
+            echo_gate,
+        };
+        let report = transport::run(&opts, agent, session_config(pipeline), stop)?;
+        let c = &report.counters;
+        println!(
+            "stopped after {:.1} s: {} turn(s) committed; overruns {}, underruns {}, xruns {}, echo frames gated {}",
+            report.session_ms as f64 / 1000.0,
+            report.committed.len(),
+            c.input_overruns,
+            c.output_underruns,
+            c.xruns,
+            report.echo_rejected
+        );
+        for round in &report.committed {
+            for m in &round.messages {
+                let text = if m.content.is_empty() {
+                    "(audio, no transcript)"
+                } else {
+                    &m.content
+                };
+                println!(
+                    "  {:>9}: {}{}",
+                    format!("{:?}", m.role).to_lowercase(),
+                    text,
+                    if m.interrupted { " [interrupted]" } else { "" }
+                );
+            }
+        }
+        if let Some(p) = events {
+            println!("events: {}", p.display());
+        }
+        match report.stop {
+            StopReason::Requested => Ok(()),
+            StopReason::DeviceLost(msg) => Err(anyhow::anyhow!(msg)),
+        }
+    }
+
+    pub fn devices() -> anyhow::Result<()> {
+        let devices = transport::list_devices()?;
+        if devices.is_empty() {
+            println!("no audio devices found; is an audio server (PulseAudio, PipeWire) running?");
+        }
+        for d in devices {
+            let mut flags = Vec::new();
+            if d.default_input {
+                flags.push("default input");
+            }
+            if d.default_output {
+                flags.push("default output");
+            }
+            let flags = if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", flags.join(", "))
+            };
+            println!("{}{}", d.name, flags);
+            if d.id != d.name {
+                println!("    id:     {}", d.id);
+            }
+            if let Some(i) = d.input {
+                println!("    input:  {i}");
+            }
+            if let Some(o) = d.output {
+                println!("    output: {o}");
+            }
+        }
+        Ok(())
+    }
+}
+// ---- end local devices --------------------------------------------------------

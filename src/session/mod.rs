@@ -31,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 mod utterance;
 pub use utterance::UtteranceBuffer;
+// Echo gate (local devices transport): see echo.rs.
+pub mod echo;
+pub use echo::EchoGate;
 
 /// How task results are placed on the session timeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +116,8 @@ pub struct Session {
     /// LLM span events (telemetry: logged, never fenced by epoch).
     span_feed: Option<tokio::sync::broadcast::Receiver<crate::llm::span::SpanEvent>>,
     cancel: CancellationToken,
+    /// Echo gate (local devices): inert until `set_playback_level` is called.
+    echo: EchoGate,
 }
 
 impl Session {
@@ -162,6 +167,7 @@ impl Session {
             events: Vec::with_capacity(64),
             span_feed,
             cancel,
+            echo: EchoGate::new(),
         })
     }
 
@@ -180,6 +186,22 @@ impl Session {
     pub fn now_samples(&self) -> u64 {
         self.now
     }
+
+    // ---- echo gate hook (local devices transport) --------------------------
+
+    /// Tells the echo gate the loudest playback energy (mean square, full
+    /// scale 1.0) since the last call. Transports playing into a room call it
+    /// before each `process`; until then the gate is inert. Real-time safe.
+    pub fn set_playback_level(&mut self, mean_square: f32) {
+        self.echo.set_playback_level(self.now, mean_square);
+    }
+
+    /// The echo gate (read-only: gain estimate, frames rejected).
+    pub fn echo_gate(&self) -> &EchoGate {
+        &self.echo
+    }
+
+    // ---- end echo gate hook ------------------------------------------------
 
     pub fn coordinator(&self) -> &Coordinator {
         &self.coordinator
@@ -224,6 +246,9 @@ impl Session {
     /// coordinator tick. Real-time safe in steady state.
     pub fn process_frame(&mut self, frame: &AudioFrame) {
         let p = self.vad.speech_probability(frame);
+        // Echo gate (local devices): passes `p` unchanged unless a playback
+        // level was set (session/echo.rs invariant 1).
+        let p = self.echo.gate(p, frame);
         let event = self.detector.push(p, frame.start);
         self.utterance.push(
             &frame.samples,

@@ -4,6 +4,8 @@
 //! - [`file`]: WAV in, stereo timeline WAV + JSONL events out (replay).
 //! - [`websocket`]: `colloquy serve`, the talk page and one session per
 //!   WebSocket connection.
+//! - [`local`]: the computer's microphone and speaker (`cpal`), `colloquy run`.
 
 pub mod file;
+pub mod local;
 pub mod websocket;

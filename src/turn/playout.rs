@@ -81,11 +81,22 @@ impl Playout {
 
     /// Queues a chunk of reply audio (16 kHz) with its text.
     pub fn enqueue(&mut self, text: &str, audio: &[i16]) {
+        // Fix (local transport): when resampling, pad each chunk to whole
+        // resampler chunks with silence (< 20 ms), so every queued sample
+        // leaves the resampler and `drained()` becomes true at output rates
+        // other than 16 kHz (otherwise a reply whose length is not a multiple
+        // of the chunk never finishes and is never committed).
+        let pad = self.resampler.as_ref().map_or(0, |r| {
+            let c = r.chunk_frames();
+            (c - audio.len() % c) % c
+        });
         self.pending.extend(audio.iter().copied());
-        self.queued += audio.len() as u64;
+        self.pending.extend(std::iter::repeat_n(0, pad));
+        let samples = (audio.len() + pad) as u64;
+        self.queued += samples;
         self.chunks.push(SpokenChunk {
             text: text.to_string(),
-            samples: audio.len() as u64,
+            samples,
         });
     }
 
@@ -96,11 +107,15 @@ impl Playout {
         loop {
             let room_out = self.producer.vacant();
             let room_16k = room_out * SAMPLE_RATE as usize / self.out_rate as usize;
+            // Fix (local transport): the resampler may emit up to one chunk
+            // it held back on top of `n`, so leave room for it too; otherwise
+            // a full ring drops reply samples and the reply never drains.
+            let held = self.resampler.as_ref().map_or(0, |r| r.chunk_frames());
             let n = self
                 .pending
                 .len()
                 .min(PUMP_SAMPLES)
-                .min(room_16k.saturating_sub(64));
+                .min(room_16k.saturating_sub(64 + held));
             if n == 0 {
                 return moved;
             }
@@ -225,6 +240,26 @@ mod tests {
         assert_eq!(c.read(&mut buf), 0, "silenced audio must not play");
         assert_eq!(play.played_16k(), 320);
         assert_eq!(play.spoken_prefix(play.played_16k()), "");
+    }
+
+    #[test]
+    fn a_resampled_reply_of_any_length_drains_completely() {
+        // A ring much smaller than the reply: pump fills it again and again.
+        let (p, mut c) = output_ring(4_800);
+        let mut play = Playout::new(p, 48_000).expect("playout");
+        play.begin_reply();
+        play.enqueue("odd", &[700; 16_001]);
+        let mut buf = vec![0.0f32; 960];
+        for _ in 0..200 {
+            play.pump();
+            c.read(&mut buf);
+        }
+        assert!(
+            play.drained(),
+            "played {} of {}",
+            play.played_16k(),
+            play.queued_16k()
+        );
     }
 
     #[test]

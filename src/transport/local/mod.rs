@@ -1,0 +1,713 @@
+//! The local transport: talk to the agent through the computer's microphone
+//! and speaker (`colloquy run`), on `cpal`'s default host.
+//!
+//! Threads:
+//! - the device callbacks (cpal's threads) only move samples between the device
+//!   and the lock-free rings ([`callback`]);
+//! - the driver (the thread calling [`run`]) pulls input through the
+//!   [`Session`], feeds the echo gate the playback level, tells the output
+//!   callback whether the bot is speaking, draws the status line, writes the
+//!   event log, and reports ring overruns/underruns and device xruns as events;
+//! - the device error callbacks only forward errors on a bounded channel.
+//!
+//! Any device rate and channel count works: the Session's edge resampler takes
+//! the input at the device's rate and channels; the Playout writes mono at the
+//! output device's rate and the output callback duplicates it into every
+//! channel.
+//!
+//! # Invariants
+//! 1. No allocation, lock, blocking call or log inside a data callback
+//!    (callback.rs); the error callback only `try_send`s.
+//! 2. A stop (signal, `stop` flag) or a device loss (a fatal cpal error, or a
+//!    stream without callbacks for `STALL`) ends the run the same way: streams
+//!    closed first (on a helper thread, bounded wait: a dead device can hang
+//!    the close), then `Session::shutdown`, which commits what was heard, so
+//!    committed turns are kept in the report either way.
+//! 3. Counters (overruns, underruns, xruns) never stop the run; they are
+//!    reported as `Event::Error` with source `device` at most once a second,
+//!    and only when they changed.
+//! 4. The driver publishes `bot_speaking` after every `process`, before the
+//!    output callback can play audio queued by that `process`.
+
+pub mod callback;
+pub mod status;
+
+use crate::agent::{Agent, CostMode};
+use crate::audio::{input_ring, output_ring};
+use crate::frame::{Event, TimedEvent};
+use crate::session::{Pacing, Session, SessionConfig, SessionError};
+use crate::turn::CommittedRound;
+use callback::{CallbackShared, InputCallback, OutputCallback};
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{SampleFormat, StreamConfig};
+use status::{StatusLine, StatusModel};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which devices to use and what to write.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    /// Input device name (or id); `None` = the host's default.
+    pub input: Option<String>,
+    /// Output device name (or id); `None` = the host's default.
+    pub output: Option<String>,
+    /// JSONL event log to write.
+    pub events: Option<PathBuf>,
+    /// Draw the status line (hidden anyway when stderr is not a terminal).
+    pub status: bool,
+    /// Gate the VAD with the playback level (session/echo.rs). Turn off only
+    /// with headphones, or to see the bot interrupt itself.
+    pub echo_gate: bool,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            input: None,
+            output: None,
+            events: None,
+            status: true,
+            echo_gate: true,
+        }
+    }
+}
+
+/// Input or output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Input,
+    Output,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Input => "input",
+            Direction::Output => "output",
+        })
+    }
+}
+
+/// Why the local transport could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("no default {0} device; connect one, or pick one with --{0} (see `colloquy devices`)")]
+    NoDefault(Direction),
+    #[error("no {dir} device matches {name:?}; `colloquy devices` lists the names")]
+    NotFound { dir: Direction, name: String },
+    #[error("{dir} device name {name:?} is ambiguous ({matches}); give the full name")]
+    Ambiguous {
+        dir: Direction,
+        name: String,
+        matches: String,
+    },
+    #[error("cannot list audio devices: {0}; is an audio server (PulseAudio, PipeWire) running?")]
+    Enumerate(cpal::Error),
+    #[error("{dir} device {device:?}: {cause}; try another device with --{dir}")]
+    Config {
+        dir: Direction,
+        device: String,
+        cause: cpal::Error,
+    },
+    #[error("{dir} device {device:?} uses sample format {format}, which colloquy does not handle; pick another device with --{dir}")]
+    Format {
+        dir: Direction,
+        device: String,
+        format: SampleFormat,
+    },
+    #[error("cannot open {dir} device {device:?}: {cause}; is it in use, or unplugged?")]
+    Open {
+        dir: Direction,
+        device: String,
+        cause: cpal::Error,
+    },
+    #[error("session: {0}")]
+    Session(#[from] SessionError),
+    #[error("cannot write the event log {path}: {cause}")]
+    Events {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+}
+
+/// Why a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The stop flag was set (Ctrl-C, SIGTERM).
+    Requested,
+    /// A device failed or disappeared mid-run (message says which and why).
+    DeviceLost(String),
+}
+
+/// Device counters at the end of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// Input samples dropped because the input ring was full.
+    pub input_overruns: u64,
+    /// Output samples of silence inside a reply (callback.rs invariant 3).
+    pub output_underruns: u64,
+    /// Xruns the device reported through cpal's error callback.
+    pub xruns: u64,
+    /// Output samples discarded by barge-in flushes.
+    pub flushed: u64,
+    /// Non-fatal errors the device reported (the stream went on).
+    pub device_errors: u64,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct LocalReport {
+    pub stop: StopReason,
+    pub input_device: String,
+    pub output_device: String,
+    pub input_config: StreamConfig,
+    pub output_config: StreamConfig,
+    pub events: Vec<TimedEvent>,
+    pub committed: Vec<CommittedRound>,
+    pub counters: DeviceCounters,
+    /// Session time at the end (ms).
+    pub session_ms: u64,
+    /// Frames the echo gate judged to be echo.
+    pub echo_rejected: u64,
+}
+
+/// One device as `colloquy devices` lists it.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub id: String,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub default_input: bool,
+    pub default_output: bool,
+}
+
+fn device_name(d: &cpal::Device) -> String {
+    d.description()
+        .map(|desc| desc.name().to_string())
+        .or_else(|_| d.id().map(|id| id.id().to_string()))
+        .unwrap_or_else(|_| "(unnamed device)".to_string())
+}
+
+fn device_id(d: &cpal::Device) -> String {
+    d.id().map(|id| id.id().to_string()).unwrap_or_default()
+}
+
+fn describe(c: &cpal::SupportedStreamConfig) -> String {
+    format!(
+        "{} Hz, {} ch, {}",
+        c.sample_rate(),
+        c.channels(),
+        c.sample_format()
+    )
+}
+
+/// Lists the host's devices with their default formats.
+pub fn list_devices() -> Result<Vec<DeviceInfo>, LocalError> {
+    let host = cpal::default_host();
+    let default_in = host.default_input_device().map(|d| device_id(&d));
+    let default_out = host.default_output_device().map(|d| device_id(&d));
+    let mut out = Vec::new();
+    for d in host.devices().map_err(LocalError::Enumerate)? {
+        let id = device_id(&d);
+        let input = d.default_input_config().ok().map(|c| describe(&c));
+        let output = d.default_output_config().ok().map(|c| describe(&c));
+        if input.is_none() && output.is_none() {
+            continue;
+        }
+        out.push(DeviceInfo {
+            name: device_name(&d),
+            default_input: default_in.as_deref() == Some(id.as_str()) && input.is_some(),
+            default_output: default_out.as_deref() == Some(id.as_str()) && output.is_some(),
+            id,
+            input,
+            output,
+        });
+    }
+    Ok(out)
+}
+
+/// Finds a device: the default, or the one whose name or id equals `name`,
+/// or else the only one containing it (case-insensitive).
+fn find_device(
+    host: &cpal::Host,
+    dir: Direction,
+    name: Option<&str>,
+) -> Result<cpal::Device, LocalError> {
+    let Some(name) = name else {
+        return match dir {
+            Direction::Input => host.default_input_device(),
+            Direction::Output => host.default_output_device(),
+        }
+        .ok_or(LocalError::NoDefault(dir));
+    };
+    let devices: Vec<cpal::Device> = match dir {
+        Direction::Input => host
+            .input_devices()
+            .map_err(LocalError::Enumerate)?
+            .collect(),
+        Direction::Output => host
+            .output_devices()
+            .map_err(LocalError::Enumerate)?
+            .collect(),
+    };
+    if let Some(d) = devices
+        .iter()
+        .find(|d| device_name(d) == name || device_id(d) == name)
+    {
+        return Ok(d.clone());
+    }
+    let needle = name.to_lowercase();
+    let matches: Vec<&cpal::Device> = devices
+        .iter()
+        .filter(|d| {
+            device_name(d).to_lowercase().contains(&needle)
+                || device_id(d).to_lowercase().contains(&needle)
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(LocalError::NotFound {
+            dir,
+            name: name.to_string(),
+        }),
+        many => Err(LocalError::Ambiguous {
+            dir,
+            name: name.to_string(),
+            matches: many
+                .iter()
+                .map(|d| device_name(d))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+type ErrorTx = crossbeam_channel::Sender<(Direction, cpal::Error)>;
+
+fn error_callback(dir: Direction, tx: ErrorTx) -> impl FnMut(cpal::Error) + Send + 'static {
+    // Holds invariant 1: never blocks; a full channel drops the error (the
+    // first ones already tell the story).
+    move |e| {
+        let _ = tx.try_send((dir, e));
+    }
+}
+
+macro_rules! build_input {
+    ($device:expr, $config:expr, $cb:expr, $err:expr, $($fmt:ident => $t:ty),*) => {
+        match $config.sample_format() {
+            SampleFormat::F32 => {
+                let mut cb = $cb;
+                $device.build_input_stream::<f32, _, _>(
+                    $config.config(),
+                    move |data: &[f32], _: &cpal::InputCallbackInfo| cb.process_f32(data),
+                    $err,
+                    None,
+                )
+            }
+            $(SampleFormat::$fmt => {
+                let mut cb = $cb;
+                $device.build_input_stream::<$t, _, _>(
+                    $config.config(),
+                    move |data: &[$t], _: &cpal::InputCallbackInfo| cb.process(data),
+                    $err,
+                    None,
+                )
+            })*
+            other => return Err(LocalError::Format {
+                dir: Direction::Input,
+                device: device_name(&$device),
+                format: other,
+            }),
+        }
+    };
+}
+
+macro_rules! build_output {
+    ($device:expr, $config:expr, $cb:expr, $err:expr, $($fmt:ident => $t:ty),*) => {
+        match $config.sample_format() {
+            $(SampleFormat::$fmt => {
+                let mut cb = $cb;
+                $device.build_output_stream::<$t, _, _>(
+                    $config.config(),
+                    move |data: &mut [$t], _: &cpal::OutputCallbackInfo| cb.process(data),
+                    $err,
+                    None,
+                )
+            })*
+            other => return Err(LocalError::Format {
+                dir: Direction::Output,
+                device: device_name(&$device),
+                format: other,
+            }),
+        }
+    };
+}
+
+/// How often counters are checked and reported (invariant 3).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// A stream without a callback for this long is dead (watchdog).
+const STALL: Duration = Duration::from_secs(3);
+/// Longest wait for the streams to close at the end.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Extra time allowed for the first output callback.
+const STARTUP: Duration = Duration::from_secs(5);
+
+/// Errors after which a stream does not recover: stop the run.
+fn is_fatal(kind: cpal::ErrorKind) -> bool {
+    matches!(
+        kind,
+        cpal::ErrorKind::DeviceNotAvailable
+            | cpal::ErrorKind::HostUnavailable
+            | cpal::ErrorKind::StreamInvalidated
+            | cpal::ErrorKind::PermissionDenied
+    )
+}
+
+/// Driver tick: how long the driver sleeps between passes.
+const TICK: Duration = Duration::from_millis(5);
+
+/// Runs a conversation on the devices until `stop` is set or a device fails.
+///
+/// `config`'s input/output formats and pacing are set here from the devices
+/// (wall clock, results on arrival).
+pub fn run(
+    opts: &LocalOptions,
+    agent: Arc<dyn Agent>,
+    mut config: SessionConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<LocalReport, LocalError> {
+    let host = cpal::default_host();
+    let in_dev = find_device(&host, Direction::Input, opts.input.as_deref())?;
+    let out_dev = find_device(&host, Direction::Output, opts.output.as_deref())?;
+    let in_name = device_name(&in_dev);
+    let out_name = device_name(&out_dev);
+    let in_cfg = in_dev
+        .default_input_config()
+        .map_err(|cause| LocalError::Config {
+            dir: Direction::Input,
+            device: in_name.clone(),
+            cause,
+        })?;
+    let out_cfg = out_dev
+        .default_output_config()
+        .map_err(|cause| LocalError::Config {
+            dir: Direction::Output,
+            device: out_name.clone(),
+            cause,
+        })?;
+    // BufferSize::Default: fixed small buffers lost samples on PulseAudio's
+    // ALSA plugin (docs/devices.md).
+    let in_rate = in_cfg.sample_rate();
+    let in_ch = in_cfg.channels();
+    let out_rate = out_cfg.sample_rate();
+    let out_ch = out_cfg.channels();
+
+    config.input_rate = in_rate;
+    config.input_channels = in_ch;
+    config.output_rate = out_rate;
+    config.pacing = Pacing::Arrival;
+    config.cost_mode = CostMode::Wall;
+
+    // Two seconds of input absorb a stalled driver; half a second of output
+    // keeps the played count close to what was heard.
+    let (in_prod, in_cons) = input_ring(in_rate as usize * in_ch as usize * 2);
+    let (out_prod, out_cons) = output_ring(out_rate as usize / 2);
+    let in_stats = in_prod.stats().clone();
+    let out_stats = out_cons.stats().clone();
+    let mut session = Session::new(config, agent, in_cons, out_prod)?;
+
+    let shared = Arc::new(CallbackShared::default());
+    let (err_tx, err_rx) = crossbeam_channel::bounded::<(Direction, cpal::Error)>(64);
+    let in_cb = InputCallback::new(in_prod, in_ch, shared.clone());
+    let out_cb = OutputCallback::new(out_cons, out_ch, shared.clone());
+
+    let in_stream = build_input!(
+        in_dev, in_cfg, in_cb, error_callback(Direction::Input, err_tx.clone()),
+        I16 => i16, I32 => i32, U16 => u16, U8 => u8, I8 => i8, F64 => f64
+    )
+    .map_err(|cause| LocalError::Open {
+        dir: Direction::Input,
+        device: in_name.clone(),
+        cause,
+    })?;
+    let out_stream = build_output!(
+        out_dev, out_cfg, out_cb, error_callback(Direction::Output, err_tx.clone()),
+        F32 => f32, I16 => i16, I32 => i32, U16 => u16, U8 => u8, I8 => i8, F64 => f64
+    )
+    .map_err(|cause| LocalError::Open {
+        dir: Direction::Output,
+        device: out_name.clone(),
+        cause,
+    })?;
+    drop(err_tx);
+    out_stream.play().map_err(|cause| LocalError::Open {
+        dir: Direction::Output,
+        device: out_name.clone(),
+        cause,
+    })?;
+    in_stream.play().map_err(|cause| LocalError::Open {
+        dir: Direction::Input,
+        device: in_name.clone(),
+        cause,
+    })?;
+
+    let mut events_file = match &opts.events {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|cause| LocalError::Events {
+                path: path.clone(),
+                cause,
+            })?,
+        )),
+        None => None,
+    };
+
+    let mut status = opts.status.then(StatusLine::start);
+    let mut model = StatusModel::new();
+    let mut all_events: Vec<TimedEvent> = Vec::new();
+    let mut counters = DeviceCounters::default();
+    let mut reported = DeviceCounters::default();
+    let mut last_report = Instant::now();
+    let started = Instant::now();
+    let mut stop_reason = StopReason::Requested;
+    let mut committed: Vec<CommittedRound> = Vec::new();
+    let (mut last_outs, mut last_ins) = (0u64, 0u64);
+    // The first output callback can take a while (server start-up): give the
+    // watchdog the start-up allowance on top of STALL.
+    let mut out_seen = Instant::now() + STARTUP;
+    let mut in_seen = Instant::now();
+
+    say(
+        &status,
+        &format!(
+            "colloquy: microphone {in_name:?} ({in_rate} Hz, {in_ch} ch, {}), speaker {out_name:?} ({out_rate} Hz, {out_ch} ch, {}); Ctrl-C to stop",
+            in_cfg.sample_format(),
+            out_cfg.sample_format()
+        ),
+    );
+
+    loop {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        // Device errors (invariant 3 for xruns, invariant 2 for the rest).
+        let mut lost = None;
+        // Bounded per tick: a dying stream can report errors in a tight loop.
+        for (dir, e) in err_rx.try_iter().take(64) {
+            match e.kind() {
+                cpal::ErrorKind::Xrun => counters.xruns += 1,
+                cpal::ErrorKind::DeviceChanged => {
+                    tracing::info!(device = %dir, "audio route changed: {e}")
+                }
+                cpal::ErrorKind::RealtimeDenied => {
+                    tracing::debug!(device = %dir, "real-time scheduling refused: {e}")
+                }
+                // The stream goes on after these (cpal's ALSA worker keeps
+                // running); a stream that really died is caught by the
+                // watchdog below.
+                kind if !is_fatal(kind) => {
+                    counters.device_errors += 1;
+                    // Logged once; later ones are counted (invariant 3).
+                    if counters.device_errors == 1 {
+                        tracing::warn!(device = %dir, "audio device error (continuing): {e}");
+                    }
+                }
+                _ => {
+                    let name = if dir == Direction::Input {
+                        &in_name
+                    } else {
+                        &out_name
+                    };
+                    lost.get_or_insert_with(|| {
+                        format!(
+                            "{dir} device {name:?} failed: {e}; was it unplugged, or did the audio server stop?"
+                        )
+                    });
+                }
+            }
+        }
+        // Watchdog: a running stream calls back every few ms; one silent for
+        // `STALL` has died without saying so.
+        let outs = shared.output_callbacks.load(Ordering::Relaxed);
+        let ins = shared.input_callbacks.load(Ordering::Relaxed);
+        if outs != last_outs {
+            last_outs = outs;
+            out_seen = Instant::now();
+        }
+        if ins != last_ins {
+            last_ins = ins;
+            in_seen = Instant::now();
+        }
+        if lost.is_none() {
+            if out_seen.elapsed() > STALL {
+                lost = Some(format!(
+                    "output device {out_name:?} stopped asking for audio ({} s without a callback); was it unplugged, or did the audio server stop?",
+                    STALL.as_secs()
+                ));
+            } else if model.started && in_seen.elapsed() > STALL {
+                lost = Some(format!(
+                    "input device {in_name:?} stopped delivering audio ({} s without a callback); was it unplugged, or did the audio server stop?",
+                    STALL.as_secs()
+                ));
+            }
+        }
+        if let Some(msg) = lost {
+            stop_reason = StopReason::DeviceLost(msg);
+            break;
+        }
+        if !model.started && shared.capture_started.load(Ordering::Acquire) {
+            model.started = true;
+            say(
+                &status,
+                &format!(
+                    "colloquy: listening (first audio from the microphone after {} ms)",
+                    started.elapsed().as_millis()
+                ),
+            );
+        }
+
+        let level = shared.take_playback_level();
+        if opts.echo_gate {
+            session.set_playback_level(level);
+        }
+        session.process(|_| {});
+        // Invariant 4.
+        shared
+            .bot_speaking
+            .store(session.coordinator().bot_speaking(), Ordering::Release);
+
+        let first = all_events.len();
+        all_events.extend(session.drain_events());
+        committed.extend(session.drain_committed());
+
+        if last_report.elapsed() >= REPORT_EVERY {
+            last_report = Instant::now();
+            counters.input_overruns = in_stats.overruns.load(Ordering::Relaxed);
+            counters.output_underruns = out_stats.underruns.load(Ordering::Relaxed);
+            counters.flushed = out_stats.flushed.load(Ordering::Relaxed);
+            let now_ms = session.now_ms();
+            for (what, now, before) in [
+                (
+                    "input overrun: microphone samples dropped (the driver fell behind)",
+                    counters.input_overruns,
+                    reported.input_overruns,
+                ),
+                (
+                    "output underrun: silence inside a reply (audio came too late)",
+                    counters.output_underruns,
+                    reported.output_underruns,
+                ),
+                (
+                    "device xrun reported by the audio host",
+                    counters.xruns,
+                    reported.xruns,
+                ),
+                (
+                    "audio device error (the stream went on)",
+                    counters.device_errors,
+                    reported.device_errors,
+                ),
+            ] {
+                if now > before {
+                    tracing::warn!("{what}: {} new, {now} in total", now - before);
+                    all_events.push(TimedEvent {
+                        t_ms: now_ms,
+                        event: Event::Error {
+                            source: "device".to_string(),
+                            message: format!("{what}: {} new, {now} in total", now - before),
+                        },
+                    });
+                }
+            }
+            reported = counters.clone();
+        }
+
+        for e in &all_events[first..] {
+            model.on_event(e);
+        }
+        write_events(events_file.as_mut(), &all_events[first..], opts)?;
+        if let Some(s) = status.as_mut() {
+            s.set(model.line(session.coordinator().state()));
+        }
+        std::thread::sleep(TICK);
+    }
+
+    // Invariant 2: no callback runs after the streams are dropped. A dead
+    // device can hang the backend's worker (dropping a stream joins it), so
+    // the streams are dropped on a helper thread, waited for a bounded time.
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let dropper = std::thread::Builder::new()
+        .name("close-audio".into())
+        .spawn(move || {
+            drop(in_stream);
+            drop(out_stream);
+            let _ = done_tx.send(());
+        });
+    if dropper.is_ok() && done_rx.recv_timeout(CLOSE_WAIT).is_err() {
+        tracing::warn!(
+            "the audio devices did not close within {} s; leaving them behind",
+            CLOSE_WAIT.as_secs()
+        );
+    }
+    session.shutdown();
+    let first = all_events.len();
+    all_events.extend(session.drain_events());
+    committed.extend(session.drain_committed());
+    write_events(events_file.as_mut(), &all_events[first..], opts)?;
+    if let Some(f) = events_file.as_mut() {
+        f.flush().map_err(|cause| LocalError::Events {
+            path: opts.events.clone().unwrap_or_default(),
+            cause,
+        })?;
+    }
+    counters.input_overruns = in_stats.overruns.load(Ordering::Relaxed);
+    counters.output_underruns = out_stats.underruns.load(Ordering::Relaxed);
+    counters.flushed = out_stats.flushed.load(Ordering::Relaxed);
+    if let Some(s) = status.take() {
+        s.finish();
+    }
+    Ok(LocalReport {
+        stop: stop_reason,
+        input_device: in_name,
+        output_device: out_name,
+        input_config: in_cfg.config(),
+        output_config: out_cfg.config(),
+        events: all_events,
+        committed,
+        counters,
+        session_ms: session.now_ms(),
+        echo_rejected: session.echo_gate().rejected(),
+    })
+}
+
+fn say(status: &Option<StatusLine>, line: &str) {
+    match status {
+        Some(s) => s.println(line),
+        None => eprintln!("{line}"),
+    }
+}
+
+fn write_events(
+    file: Option<&mut std::io::BufWriter<std::fs::File>>,
+    events: &[TimedEvent],
+    opts: &LocalOptions,
+) -> Result<(), LocalError> {
+    let Some(f) = file else {
+        return Ok(());
+    };
+    for e in events {
+        let line = serde_json::to_string(e).unwrap_or_default();
+        writeln!(f, "{line}").map_err(|cause| LocalError::Events {
+            path: opts.events.clone().unwrap_or_default(),
+            cause,
+        })?;
+    }
+    // Live log: flush each pass so `tail -f` and tests see events as they happen.
+    f.flush().map_err(|cause| LocalError::Events {
+        path: opts.events.clone().unwrap_or_default(),
+        cause,
+    })
+}

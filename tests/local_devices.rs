@@ -1,0 +1,600 @@
+//! `colloquy run` on PulseAudio virtual devices: the real binary, the real
+//! cpal/ALSA path, a real recording as the microphone.
+//!
+//! Each scenario starts its own PulseAudio (user mode, private runtime dir)
+//! with one stereo null sink `mix` and two mono remap sinks on it: `micsink`
+//! (left) feeds the virtual microphone `vmic`, `vsink` (right) is the speaker.
+//! Recording `mix.monitor` gives the conversation on one clock: left = what
+//! the microphone heard, right = what the bot played — so the latency from
+//! the end of the user's speech to the bot's first sample is measured on the
+//! audio itself, not on the program's own clock.
+//!
+//! Runs when `pulseaudio`, `pactl`, `paplay`, `parec` and the ALSA pulse
+//! plugin are installed; skips otherwise, unless `COLLOQUY_REQUIRE_DEVICES=1`
+//! (then a missing tool fails the test); `COLLOQUY_PULSE_TEST=0` skips it.
+//! `scripts/pulse-test.sh` runs it with both `COLLOQUY_PULSE_TEST=1` and
+//! `COLLOQUY_REQUIRE_DEVICES=1`. The recipe is in docs/devices.md.
+//! Everything started here is stopped by PID (guards), also on failure.
+//! Waiting is on conditions (a line printed, an event logged) with deadlines.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Scenarios share the machine's two cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const RATE: usize = 48_000;
+/// 20 ms analysis frames at 48 kHz.
+const FRAME: usize = 960;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn alsa_pulse_plugin() -> bool {
+    // Debian's libasound2-plugins installs the pulse PCM config here.
+    [
+        "/etc/alsa/conf.d/99-pulse.conf",
+        "/usr/share/alsa/alsa.conf.d/pulse.conf",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
+}
+
+/// Whether to run; panics when devices are required but missing.
+fn devices_available() -> bool {
+    if std::env::var("COLLOQUY_PULSE_TEST").is_ok_and(|v| v == "0") {
+        eprintln!("skipped: COLLOQUY_PULSE_TEST=0");
+        return false;
+    }
+    let missing: Vec<&str> = ["pulseaudio", "pactl", "paplay", "parec"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .chain((!alsa_pulse_plugin()).then_some("libasound2-plugins (ALSA pulse plugin)"))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "local device test needs {}; install pulseaudio, pulseaudio-utils and libasound2-plugins",
+        missing.join(", ")
+    );
+    if std::env::var("COLLOQUY_REQUIRE_DEVICES").is_ok_and(|v| v == "1") {
+        panic!("{msg} (COLLOQUY_REQUIRE_DEVICES=1)");
+    }
+    eprintln!("skipped: {msg}");
+    false
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) and reaped on drop.
+struct Guard {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl Guard {
+    fn new(name: &'static str, child: Child) -> Self {
+        Self {
+            name,
+            child: Some(child),
+        }
+    }
+
+    /// SIGTERM and wait up to `timeout`; returns the exit status.
+    fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(3));
+    }
+}
+
+/// A private PulseAudio with the test devices.
+struct Pulse {
+    dir: tempfile::TempDir,
+    daemon: Guard,
+}
+
+impl Pulse {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = std::fs::File::create(dir.path().join("pulse.log")).expect("pulse log");
+        let child = Command::new("pulseaudio")
+            .args([
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--system=false",
+                "-n",
+                "-L",
+                "module-native-protocol-unix",
+                "-L",
+                "module-null-sink sink_name=mix rate=48000 channels=2 channel_map=front-left,front-right",
+                "-L",
+                "module-remap-sink sink_name=micsink master=mix channels=1 channel_map=mono master_channel_map=front-left remix=no",
+                "-L",
+                "module-remap-sink sink_name=vsink master=mix channels=1 channel_map=mono master_channel_map=front-right remix=no",
+                "-L",
+                "module-virtual-source source_name=vmic master=micsink.monitor",
+                "-L",
+                "module-always-sink",
+            ])
+            .envs(Self::env_for(dir.path()))
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start pulseaudio");
+        let pulse = Self {
+            daemon: Guard::new("pulseaudio", child),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !pulse.pactl(&["info"]) {
+            assert!(
+                Instant::now() < deadline,
+                "PulseAudio did not come up; log:\n{}",
+                std::fs::read_to_string(pulse.dir.path().join("pulse.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(pulse.pactl(&["set-default-sink", "vsink"]));
+        assert!(pulse.pactl(&["set-default-source", "vmic"]));
+        pulse
+    }
+
+    fn env_for(dir: &Path) -> Vec<(String, String)> {
+        // The runtime dir must be private (mode 700), as tempdir makes it.
+        vec![
+            ("XDG_RUNTIME_DIR".into(), dir.display().to_string()),
+            (
+                "PULSE_SERVER".into(),
+                format!("unix:{}/pulse/native", dir.display()),
+            ),
+        ]
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        Self::env_for(self.dir.path())
+    }
+
+    fn pactl(&self, args: &[&str]) -> bool {
+        Command::new("pactl")
+            .args(args)
+            .envs(self.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Records `mix.monitor` (left = microphone, right = speaker) as raw s16le.
+    fn record(&self, file: &Path) -> Guard {
+        let child = Command::new("parec")
+            .args([
+                "--device=mix.monitor",
+                "--format=s16le",
+                "--rate=48000",
+                "--channels=2",
+                "--raw",
+                "--latency-msec=20",
+            ])
+            .arg(file)
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start parec");
+        Guard::new("parec", child)
+    }
+
+    /// Plays a file into the microphone and waits for it to finish.
+    fn speak(&self, wav: &Path) {
+        let ok = Command::new("paplay")
+            .arg("--device=micsink")
+            .arg(wav)
+            .envs(self.env())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "paplay {} failed", wav.display());
+    }
+
+    /// Stops the daemon (the runtime dir and its files stay until drop).
+    fn stop(&mut self) {
+        self.daemon.terminate(Duration::from_secs(5));
+    }
+}
+
+/// `colloquy run` with its stderr lines on a channel.
+struct Colloquy {
+    guard: Guard,
+    lines: mpsc::Receiver<String>,
+    stderr: Vec<String>,
+    events: PathBuf,
+    stdout: PathBuf,
+}
+
+impl Colloquy {
+    fn start(pulse: &Pulse, extra_env: &[(&str, &str)], extra_args: &[&str]) -> Self {
+        let events = pulse.path("events.jsonl");
+        let stdout = pulse.path("stdout.txt");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_colloquy"))
+            .args(["run", "--agent", "parrot", "--events"])
+            .arg(&events)
+            .args(extra_args)
+            .envs(pulse.env())
+            .envs(extra_env.iter().copied())
+            .env("COLLOQUY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start colloquy run");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            guard: Guard::new("colloquy", child),
+            lines: rx,
+            stderr: Vec::new(),
+            events,
+            stdout,
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn wait_line(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.stderr.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "colloquy never printed {needle:?}; stderr:\n{}",
+            self.stderr.join("\n")
+        );
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.events().iter().filter(|e| e["type"] == kind).count()
+    }
+
+    /// Waits until `n` events of `kind` were logged.
+    fn wait_event(&self, kind: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.count(kind) < n {
+            assert!(
+                Instant::now() < deadline,
+                "no {n} {kind:?} event(s) within {timeout:?}; events:\n{:#?}",
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM; returns (exit success, stdout, rest of stderr).
+    fn stop(mut self) -> (Option<i32>, String, String) {
+        let status = self.guard.terminate(Duration::from_secs(10));
+        self.collect(status)
+    }
+
+    /// Waits for the process to exit by itself.
+    fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, String, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            let child = self.guard.child.as_mut().expect("running");
+            if let Ok(Some(s)) = child.try_wait() {
+                self.guard.child = None;
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                break self.guard.terminate(Duration::from_secs(3));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.collect(status)
+    }
+
+    fn collect(
+        mut self,
+        status: Option<std::process::ExitStatus>,
+    ) -> (Option<i32>, String, String) {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            self.stderr.push(line);
+        }
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        (status.and_then(|s| s.code()), out, self.stderr.join("\n"))
+    }
+}
+
+/// Left/right channels of a raw s16le stereo recording.
+fn read_stereo(path: &Path) -> (Vec<f32>, Vec<f32>) {
+    let bytes = std::fs::read(path).expect("recording");
+    let samples: Vec<f32> = bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect();
+    let left = samples.iter().step_by(2).copied().collect();
+    let right = samples.iter().skip(1).step_by(2).copied().collect();
+    (left, right)
+}
+
+/// RMS per 20 ms frame.
+fn envelope(x: &[f32]) -> Vec<f32> {
+    x.chunks(FRAME)
+        .map(|c| (c.iter().map(|s| s * s).sum::<f32>() / c.len() as f32).sqrt())
+        .collect()
+}
+
+/// First and last frame above `threshold`.
+fn active_span(env: &[f32], threshold: f32) -> Option<(usize, usize)> {
+    let first = env.iter().position(|&e| e > threshold)?;
+    let last = env.iter().rposition(|&e| e > threshold)?;
+    Some((first, last))
+}
+
+fn db(x: f32) -> f32 {
+    20.0 * x.max(1e-9).log10()
+}
+
+fn frames_ms(frames: usize) -> f64 {
+    (frames * FRAME) as f64 * 1000.0 / RATE as f64
+}
+
+fn speech_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/speech/librivox-0880.wav")
+}
+
+/// What the analysis found in one recording.
+#[derive(Debug)]
+struct Measured {
+    user_end_ms: f64,
+    bot_start_ms: f64,
+    user_ms: f64,
+    bot_ms: f64,
+    user_rms_db: f32,
+    bot_rms_db: f32,
+    envelope_correlation: f64,
+}
+
+fn analyse(left: &[f32], right: &[f32]) -> Measured {
+    let (l, r) = (envelope(left), envelope(right));
+    let peak = l.iter().copied().fold(0.0f32, f32::max);
+    assert!(
+        peak > 0.01,
+        "the microphone channel is silent (peak {peak})"
+    );
+    // Speech activity: within 40 dB of the loudest user frame.
+    let threshold = peak * 0.01;
+    let (u0, u1) = active_span(&l, threshold).expect("user speech in the recording");
+    let (b0, b1) = active_span(&r, threshold).unwrap_or_else(|| {
+        panic!("the bot never played anything (speaker channel silent)");
+    });
+    let mean_rms = |e: &[f32]| {
+        let active: Vec<f32> = e.iter().copied().filter(|&x| x > threshold).collect();
+        (active.iter().map(|x| x * x).sum::<f32>() / active.len().max(1) as f32).sqrt()
+    };
+    // The parrot plays the utterance back: its envelope should follow the
+    // user's. The utterance starts somewhere near the user's first frame (the
+    // detector's start minus pre-roll), so search the alignment both ways.
+    let corr = {
+        let user = &l[u0..=u1];
+        let bot = &r[b0..=b1];
+        let mut best = -1.0f64;
+        for shift in -40i64..=40 {
+            let (a, b) = if shift >= 0 {
+                let s = shift as usize;
+                (user.get(s..).unwrap_or(&[]), bot)
+            } else {
+                let s = (-shift) as usize;
+                (user, bot.get(s..).unwrap_or(&[]))
+            };
+            let n = a.len().min(b.len());
+            if n < 50 {
+                continue;
+            }
+            let a: Vec<f64> = a[..n].iter().map(|&x| x as f64).collect();
+            let b: Vec<f64> = b[..n].iter().map(|&x| x as f64).collect();
+            best = best.max(pearson(&a, &b));
+        }
+        best
+    };
+    Measured {
+        user_end_ms: frames_ms(u1 + 1),
+        bot_start_ms: frames_ms(b0),
+        user_ms: frames_ms(u1 + 1 - u0),
+        bot_ms: frames_ms(b1 + 1 - b0),
+        user_rms_db: db(mean_rms(&l[u0..=u1])),
+        bot_rms_db: db(mean_rms(&r[b0..=b1])),
+        envelope_correlation: corr,
+    }
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len()) as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut cov, mut va, mut vb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        cov += (x - ma) * (y - mb);
+        va += (x - ma) * (x - ma);
+        vb += (y - mb) * (y - mb);
+    }
+    cov / (va.sqrt() * vb.sqrt()).max(1e-12)
+}
+
+/// The user speaks one sentence into the microphone; the parrot answers on
+/// the speaker, once, soon after the user stopped, with the user's words at
+/// the user's level; the turn is committed and `run` exits 0 on SIGTERM.
+#[test]
+fn run_answers_a_spoken_turn_on_virtual_devices() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !devices_available() {
+        return;
+    }
+    let mut pulse = Pulse::start();
+    let rec = pulse.path("mix.raw");
+    let mut recorder = pulse.record(&rec);
+    let mut app = Colloquy::start(&pulse, &[], &[]);
+    // Inject only after capture started (it can take seconds under load).
+    app.wait_line("colloquy: listening", Duration::from_secs(30));
+    pulse.speak(&speech_file());
+    app.wait_event("committed", 1, Duration::from_secs(30));
+    let (code, stdout, stderr) = app.stop();
+    recorder.terminate(Duration::from_secs(5));
+    pulse.stop();
+
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("1 turn(s) committed"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let (left, right) = read_stereo(&rec);
+    let m = analyse(&left, &right);
+    let latency = m.bot_start_ms - m.user_end_ms;
+    eprintln!(
+        "measured: user speech {:.0} ms ending at {:.0} ms; bot audio {:.0} ms starting at {:.0} ms; \
+         end of user speech -> first bot audio at the sink: {latency:.0} ms; \
+         levels user {:.1} dBFS, bot {:.1} dBFS; envelope correlation {:.3}",
+        m.user_ms, m.user_end_ms, m.bot_ms, m.bot_start_ms, m.user_rms_db, m.bot_rms_db,
+        m.envelope_correlation
+    );
+    // The bot answers after the user stopped, within the endpointing silence
+    // plus a generous margin for a loaded 2-core machine.
+    assert!(latency > 0.0, "the bot talked over the user: {m:?}");
+    assert!(
+        latency < 2000.0,
+        "answer came {latency:.0} ms after the user stopped"
+    );
+    // The parrot says the whole utterance back (pre-roll included).
+    assert!(
+        m.bot_ms > m.user_ms * 0.8 && m.bot_ms < m.user_ms * 1.3,
+        "bot played {:.0} ms for {:.0} ms of speech",
+        m.bot_ms,
+        m.user_ms
+    );
+    assert!(
+        (m.bot_rms_db - m.user_rms_db).abs() < 6.0,
+        "levels differ: user {:.1} dBFS, bot {:.1} dBFS",
+        m.user_rms_db,
+        m.bot_rms_db
+    );
+    assert!(
+        m.envelope_correlation > 0.8,
+        "the bot's audio does not follow the user's words: {m:?}"
+    );
+}
+
+/// The speaker feeds the microphone at full level (the worst room): with the
+/// echo gate the bot hears its own reply but neither interrupts itself nor
+/// answers it; with `--no-echo-gate` it interrupts itself.
+#[test]
+fn the_bot_does_not_interrupt_itself_when_the_speaker_feeds_the_microphone() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !devices_available() {
+        return;
+    }
+    for gate in [true, false] {
+        let mut pulse = Pulse::start();
+        // The bot plays into the microphone's sink: a digital echo at 0 dB.
+        let args: &[&str] = if gate { &[] } else { &["--no-echo-gate"] };
+        let mut app = Colloquy::start(&pulse, &[("PULSE_SINK", "micsink")], args);
+        app.wait_line("colloquy: listening", Duration::from_secs(30));
+        pulse.speak(&speech_file());
+        app.wait_event("bot_started_speaking", 1, Duration::from_secs(30));
+        if gate {
+            app.wait_event("committed", 1, Duration::from_secs(30));
+            // Let the echo tail pass: two more seconds in which a self-answer
+            // would open a second turn.
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                assert_eq!(app.count("turn_opened"), 1, "the bot answered its own echo");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert_eq!(app.count("interrupted"), 0, "the bot interrupted itself");
+        } else {
+            app.wait_event("interrupted", 1, Duration::from_secs(30));
+        }
+        let (code, stdout, stderr) = app.stop();
+        pulse.stop();
+        assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+}
+
+/// The audio server disappears mid-run (like an unplugged device): `run`
+/// stops by itself with a clear error naming the device, exit code 1, and the
+/// turn committed before is kept.
+#[test]
+fn a_vanished_device_stops_the_run_cleanly_and_keeps_committed_turns() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !devices_available() {
+        return;
+    }
+    let mut pulse = Pulse::start();
+    let mut app = Colloquy::start(&pulse, &[], &[]);
+    app.wait_line("colloquy: listening", Duration::from_secs(30));
+    pulse.speak(&speech_file());
+    app.wait_event("committed", 1, Duration::from_secs(30));
+    pulse.stop();
+    let (code, stdout, stderr) = app.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("error:") && stderr.contains("device"),
+        "no clear device error; stderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 turn(s) committed"),
+        "committed turn lost; stdout:\n{stdout}"
+    );
+}
