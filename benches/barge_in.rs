@@ -43,7 +43,7 @@ fn one_barge_in() -> Duration {
         playout,
         CancellationToken::new(),
     );
-    c.on_user_stopped(&[1; 16_000], 1000, 1000);
+    c.on_user_stopped(&[1; 16_000], 1000, 500, 1000);
     let job = jobs.lock().expect("jobs")[0].clone();
     for text in ["The first sentence of a reply.", "And a second one."] {
         c.on_message(

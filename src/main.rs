@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use colloquy::agent::stack::{StackOptions, VoiceStack};
 use colloquy::agent::{parrot::ParrotAgent, Agent};
 use colloquy::session::SessionConfig;
 use colloquy::transport::file::{replay, Pace, ReplayOptions};
@@ -29,6 +30,8 @@ struct Cli {
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum AgentKind {
+    /// Listens (STT), thinks (LLM) and speaks (TTS): the real conversation.
+    Voice,
     /// Speaks your words back (no models; audio-path diagnostic).
     Parrot,
 }
@@ -36,8 +39,30 @@ enum AgentKind {
 #[derive(clap::Args, Debug, Clone)]
 struct PipelineArgs {
     /// Who answers.
-    #[arg(long, value_enum, default_value = "parrot")]
+    #[arg(long, value_enum, default_value = "voice")]
     agent: AgentKind,
+    /// Hosted chat model `BASE_URL::MODEL` (repeatable; order = preference).
+    /// Key from OPENAI_API_KEY. Default: the embedded SmolLM2.
+    #[arg(long, env = "COLLOQUY_LLM", value_delimiter = ',')]
+    llm: Vec<String>,
+    /// Hosted transcription `BASE_URL::MODEL`. Default: embedded Whisper.
+    #[arg(long, env = "COLLOQUY_STT")]
+    stt: Option<String>,
+    /// Hosted speech `BASE_URL::MODEL[::VOICE]`. Default: embedded Piper.
+    #[arg(long, env = "COLLOQUY_TTS")]
+    tts: Option<String>,
+    /// Embedded voice: piper (natural) or espeak (instant, robotic).
+    #[arg(long, value_enum, default_value = "piper")]
+    voice: colloquy::agent::stack::TtsEngine,
+    /// Config file with an [llm] table (models, key variable names, prices).
+    #[arg(long, env = "COLLOQUY_CONFIG")]
+    config: Option<PathBuf>,
+    /// llama.cpp decode threads (1 measured best beside TTS on 2 cores).
+    #[arg(long, default_value_t = 1)]
+    llm_threads: usize,
+    /// Whisper threads.
+    #[arg(long, default_value_t = 2)]
+    stt_threads: usize,
     /// Voice activity detector.
     #[arg(long, value_enum, default_value_t = VadKind::default())]
     vad: VadKind,
@@ -189,9 +214,57 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The runtime the agents' tasks run on (one per process).
+static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+/// The loaded models, shared by every session (one load per process).
+static STACK: std::sync::OnceLock<Arc<VoiceStack>> = std::sync::OnceLock::new();
+
+fn runtime() -> anyhow::Result<tokio::runtime::Handle> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt.handle().clone());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(RUNTIME.get_or_init(|| rt).handle().clone())
+}
+
 fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
     Ok(match args.agent {
         AgentKind::Parrot => Arc::new(ParrotAgent),
+        AgentKind::Voice => {
+            let handle = runtime()?;
+            let stack = match STACK.get() {
+                Some(s) => s.clone(),
+                None => {
+                    let opts = StackOptions {
+                        llm: args.llm.clone(),
+                        stt: args.stt.clone(),
+                        tts: args.tts.clone(),
+                        tts_engine: args.voice,
+                        config_toml: match &args.config {
+                            Some(p) => Some(std::fs::read_to_string(p).with_context(|| {
+                                format!("reading the config file {}", p.display())
+                            })?),
+                            None => None,
+                        },
+                        llm_threads: args.llm_threads,
+                        stt_threads: args.stt_threads,
+                    };
+                    let store = colloquy::models::ModelStore::from_env();
+                    let _guard = handle.enter();
+                    let stack =
+                        VoiceStack::build(&opts, &store).context("loading the voice stack")?;
+                    for line in &stack.summary {
+                        eprintln!("  {line}");
+                    }
+                    STACK.get_or_init(|| Arc::new(stack)).clone()
+                }
+            };
+            stack.agent(handle)
+        }
     })
 }
 

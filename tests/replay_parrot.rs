@@ -86,7 +86,9 @@ fn the_parrot_speaks_each_utterance_back_after_the_endpoint() {
         .collect();
     assert_eq!(onsets.len(), 2);
     for i in 0..2 {
-        let user_start = onsets[i] as usize * 16;
+        // The utterance handed to the agent starts `lead_ms` before the onset.
+        let lead = SessionConfig::default().lead_ms as usize;
+        let user_start = (onsets[i] as usize).saturating_sub(lead) * 16;
         let bot_start = speaks[i] as usize * 16;
         assert!(
             colloquy::frame::rms(&report.bot[bot_start..bot_start + 16_000]) > 0.01,

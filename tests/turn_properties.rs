@@ -199,7 +199,8 @@ impl Harness {
                 }
                 let audio = vec![7i16; (ms * 16) as usize];
                 let now_ms = self.now_ms();
-                self.coord.on_user_stopped(&audio, ms, now_ms);
+                self.coord
+                    .on_user_stopped(&audio, ms, now_ms.saturating_sub(500), now_ms);
                 self.after_step();
             }
             Op::Idle { frames } => {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub mod parrot;
+pub mod stack;
 pub mod voice;
 
 /// Identifies one dispatched task (unique within a session).

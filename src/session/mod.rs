@@ -59,6 +59,10 @@ pub struct SessionConfig {
     pub pacing: Pacing,
     /// Pre-roll kept before confirmed speech start (ms).
     pub preroll_ms: u64,
+    /// Audio before the first voiced frame handed to the agent with the
+    /// utterance (ms): the VAD's onset is a frame or more late, and Whisper
+    /// transcribes clipped first words badly.
+    pub lead_ms: u64,
     /// Longest utterance kept for STT (seconds).
     pub max_utterance_secs: u32,
 }
@@ -74,7 +78,8 @@ impl Default for SessionConfig {
             output_rate: SAMPLE_RATE,
             cost_mode: CostMode::Wall,
             pacing: Pacing::Charged,
-            preroll_ms: 200,
+            preroll_ms: 500,
+            lead_ms: 300,
             max_utterance_secs: 30,
         }
     }
@@ -100,6 +105,7 @@ pub struct Session {
     vad: Box<dyn Vad>,
     detector: TurnDetector,
     utterance: UtteranceBuffer,
+    lead: u64,
     coordinator: Coordinator,
     results: Receiver<TaskMessage>,
     /// Results received, waiting for their time on the timeline.
@@ -155,6 +161,7 @@ impl Session {
                 (config.preroll_ms * SAMPLE_RATE as u64 / 1000) as usize,
                 config.max_utterance_secs as usize * SAMPLE_RATE as usize,
             ),
+            lead: crate::frame::ms_to_samples(config.lead_ms),
             coordinator,
             results: rx,
             waiting: Vec::with_capacity(64),
@@ -262,9 +269,13 @@ impl Session {
                 self.coordinator.on_user_started(at, now_ms);
             }
             Some(TurnEvent::Stopped { start, end }) => {
-                let audio = self.utterance.take(start, end);
-                self.coordinator
-                    .on_user_stopped(&audio, samples_to_ms(end - start), now_ms);
+                let audio = self.utterance.take(start.saturating_sub(self.lead), end);
+                self.coordinator.on_user_stopped(
+                    &audio,
+                    samples_to_ms(end - start),
+                    samples_to_ms(end),
+                    now_ms,
+                );
             }
             Some(TurnEvent::Paused { at }) => self.push_event(
                 now_ms,
@@ -286,9 +297,14 @@ impl Session {
             self.process_frame(&frame);
         }
         if let Some(TurnEvent::Stopped { start, end }) = self.detector.finish() {
-            let audio = self.utterance.take(start, end);
-            self.coordinator
-                .on_user_stopped(&audio, samples_to_ms(end - start), self.now_ms());
+            let audio = self.utterance.take(start.saturating_sub(self.lead), end);
+            let now = self.now_ms();
+            self.coordinator.on_user_stopped(
+                &audio,
+                samples_to_ms(end - start),
+                samples_to_ms(end),
+                now,
+            );
             self.collect_events();
         }
     }

@@ -314,11 +314,13 @@ impl Coordinator {
     }
 
     /// The user's turn ended; `audio` is the utterance (16 kHz).
-    pub fn on_user_stopped(&mut self, audio: &[i16], speech_ms: u64, now_ms: u64) {
+    /// The user's turn ended: `audio` is the utterance (16 kHz), the speech
+    /// itself ended at `end_ms` (the endpointing silence followed it).
+    pub fn on_user_stopped(&mut self, audio: &[i16], speech_ms: u64, end_ms: u64, now_ms: u64) {
         self.emit(
             now_ms,
             Event::SpeechStopped {
-                at_ms: now_ms,
+                at_ms: end_ms,
                 speech_ms,
             },
         );
@@ -341,7 +343,7 @@ impl Coordinator {
         let judging = self.suspended.is_some();
         let mut full: Vec<i16> = std::mem::take(&mut self.carried_audio);
         full.extend_from_slice(audio);
-        self.open_turn(full.into(), judging, now_ms);
+        self.open_turn(full.into(), judging, end_ms, now_ms);
     }
 
     /// Called once per input frame with the current sample position.
@@ -365,7 +367,7 @@ impl Coordinator {
 
     // ---- bot side ----------------------------------------------------------
 
-    fn open_turn(&mut self, audio: Arc<[i16]>, judging: bool, now_ms: u64) {
+    fn open_turn(&mut self, audio: Arc<[i16]>, judging: bool, end_ms: u64, now_ms: u64) {
         self.epoch += 1;
         let task = self.next_task;
         self.next_task += 1;
@@ -389,7 +391,7 @@ impl Coordinator {
             chunks: Vec::new(),
             done: false,
             judging,
-            end_of_speech_ms: now_ms,
+            end_of_speech_ms: end_ms,
             stt_ms: None,
             first_token_ms: None,
             first_audio_ms: None,
