@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 scripts/setup.sh
+printf '\n==> models (PyPI, pinned, verified; cached in %s)\n' "$COLLOQUY_MODELS"
+"$COLLOQUY_BIN" models fetch
 mkdir -p out
 if [ "${1:-}" = "--mic" ]; then
   shift

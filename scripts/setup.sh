@@ -46,4 +46,4 @@ fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/colloquy/target}"
 step "building colloquy (release; target dir $CARGO_TARGET_DIR; a cold build takes about 10 minutes on 2 cores)"
-cargo build --release --all-targets --locked
+cargo build --release --workspace --all-targets --locked

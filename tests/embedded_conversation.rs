@@ -1,0 +1,133 @@
+//! End to end on the embedded stack, offline: the bundled recording of two
+//! spoken questions is replayed through VAD → Whisper (worker process) →
+//! SmolLM2 (llama.cpp) → Piper; the transcripts match the questions, the
+//! answer to "what is the capital of France" mentions Paris, and the
+//! timeline's bot channel carries each spoken answer after its question.
+//!
+//! Needs the models (`colloquy models fetch`); skipped without them unless
+//! `COLLOQUY_REQUIRE_MODELS=1`, which makes a missing model a failure. CI runs
+//! it inside a new network namespace (`unshare -n`), so it proves no network
+//! is used.
+
+mod common;
+use colloquy::agent::stack::{StackOptions, VoiceStack};
+use colloquy::frame::Event;
+use colloquy::models::{ModelId, ModelStore};
+use colloquy::session::SessionConfig;
+use colloquy::stt::normalize::word_errors;
+use colloquy::transport::file::{replay, Pace, ReplayOptions};
+
+fn models_or_skip() -> Option<ModelStore> {
+    let store = ModelStore::from_env();
+    let missing: Vec<String> = ModelId::ALL
+        .iter()
+        .filter(|&&id| store.require(id).is_err())
+        .map(|id| id.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Some(store);
+    }
+    let msg = format!(
+        "models missing in {}: {missing:?} (run `colloquy models fetch`)",
+        store.root().display()
+    );
+    if std::env::var("COLLOQUY_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("skipped: {msg}");
+    None
+}
+
+#[test]
+fn two_spoken_questions_get_spoken_answers_offline() {
+    let Some(store) = models_or_skip() else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stack = {
+        let _guard = runtime.enter();
+        VoiceStack::build(
+            &StackOptions {
+                llm_threads: 1,
+                stt_threads: 2,
+                ..StackOptions::default()
+            },
+            &store,
+        )
+        .expect("voice stack")
+    };
+    let agent = stack.agent(runtime.handle().clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = ReplayOptions::new(common::asset("conversation.wav"));
+    opts.pace = Pace::Fast;
+    opts.out_wav = Some(dir.path().join("timeline.wav"));
+    let report = replay(&opts, agent, SessionConfig::default()).expect("replay");
+
+    let transcripts: Vec<String> = report
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Transcript { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    let references = [common::transcript("q-france"), common::transcript("q-week")];
+    assert_eq!(transcripts.len(), 2, "transcripts: {transcripts:?}");
+    let (mut errors, mut words) = (0, 0);
+    for (hyp, reference) in transcripts.iter().zip(&references) {
+        let (e, n) = word_errors(reference, hyp);
+        println!("reference: {reference}\nheard:     {hyp}\nword errors: {e}/{n}");
+        errors += e;
+        words += n;
+    }
+    let wer = errors as f64 / words as f64;
+    println!("WER on the two questions: {:.1} %", wer * 100.0);
+    assert!(wer <= 0.35, "WER {:.1} %", wer * 100.0);
+
+    assert_eq!(report.committed.len(), 2, "events: {:?}", report.events);
+    let answers: Vec<&str> = report
+        .committed
+        .iter()
+        .map(|r| r.messages.last().map_or("", |m| m.content.as_str()))
+        .collect();
+    println!("answers: {answers:?}");
+    assert!(
+        answers[0].to_lowercase().contains("paris"),
+        "answer 1: {}",
+        answers[0]
+    );
+
+    // Each answer is audible on the bot channel after its question ended.
+    let latencies: Vec<(u64, u64)> = report
+        .events
+        .iter()
+        .filter_map(|e| match e.event {
+            Event::TurnLatency {
+                end_of_speech_ms,
+                first_audio_ms,
+                ..
+            } => Some((end_of_speech_ms, first_audio_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(latencies.len(), 2);
+    for (i, &(end, first)) in latencies.iter().enumerate() {
+        assert!(first > end, "turn {i}: audio before the question ended");
+        println!("turn {i}: voice-to-voice {} ms", first - end);
+        let from = first as usize * 16;
+        let level = colloquy::frame::rms(&report.bot[from..(from + 16_000).min(report.bot.len())]);
+        assert!(
+            level > 0.01,
+            "turn {i}: bot channel silent after first audio (rms {level})"
+        );
+        assert!(
+            colloquy::frame::rms(&report.bot[end as usize * 16 - 8000..end as usize * 16]) < 0.001,
+            "turn {i}: bot talked over the question"
+        );
+    }
+    stack.save();
+}
