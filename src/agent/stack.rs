@@ -50,6 +50,19 @@ pub struct StackOptions {
     pub llm_threads: usize,
     /// Threads for Whisper.
     pub stt_threads: usize,
+    /// Whisper's encoder window: the full 30 s, or fitted to the utterance.
+    pub stt_window: SttWindow,
+}
+
+/// Whisper's encoder window (the main term of voice-to-voice latency).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SttWindow {
+    /// The full 30 s window: best accuracy, cost independent of length.
+    #[default]
+    Full,
+    /// The utterance + 3 s (at least 10 s), with a loop check that falls back
+    /// to the full window: ≈ 2.7× less compute, ≈ 2 WER points more.
+    Fit,
 }
 
 /// Why the stack could not be built.
@@ -174,6 +187,10 @@ fn embedded_stt(
 ) -> Result<Arc<dyn SpeechToText>, StackError> {
     let config = crate::stt::whisper::WhisperConfig {
         threads: opts.stt_threads.max(1),
+        audio_ctx: match opts.stt_window {
+            SttWindow::Full => crate::stt::whisper::AudioCtx::Full,
+            SttWindow::Fit => crate::stt::whisper::AudioCtx::FIT_DEFAULT,
+        },
         ..Default::default()
     };
     Ok(Arc::new(crate::stt::whisper::WhisperStt::from_store(
