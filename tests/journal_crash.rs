@@ -193,6 +193,30 @@ fn killed_replays_leave_every_logged_turn_in_an_intact_journal() {
         let rows = check_rows(&journal);
         assert_eq!(rows, held.values().sum::<usize>());
     }
+    // The CLI lists the killed sessions with the turns they kept.
+    let out = Command::new(env!("CARGO_BIN_EXE_colloquy"))
+        .args(["sessions", "--json", "--journal"])
+        .arg(&journal)
+        .env_remove("COLLOQUY_JOURNAL")
+        .output()
+        .expect("colloquy sessions");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("sessions --json parses");
+    let listed: BTreeMap<String, usize> = listed
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default().to_string(),
+                s["turns"].as_u64().unwrap_or(u64::MAX) as usize,
+            )
+        })
+        .collect();
+    assert_eq!(listed, held);
     let sessions: BTreeSet<_> = held.keys().collect();
     println!(
         "crash test: {kills} kills, {checked} committed turns checked, {} sessions, {} journal turns",
