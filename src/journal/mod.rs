@@ -123,15 +123,12 @@ impl Journal {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         }
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        let corrupt = |e: rusqlite::Error| JournalError::Corrupt {
-            path: path.to_path_buf(),
-            cause: e.to_string(),
-        };
         conn.busy_timeout(std::time::Duration::from_millis(500))
             .map_err(|e| open_err(e.to_string()))?;
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(corrupt)?;
+            // A locked journal is not a corrupt one (invariant 2).
+            .map_err(|e| classify_open(path, e))?;
         if check != "ok" {
             return Err(JournalError::Corrupt {
                 path: path.to_path_buf(),
