@@ -65,7 +65,7 @@ struct PipelineArgs {
     stt_threads: usize,
     /// Whisper's encoder window: full (30 s, most accurate) or fit (utterance
     /// + margin: faster, slightly less accurate).
-    #[arg(long, value_enum, default_value = "full")]
+    #[arg(long, value_enum, default_value = "fit")]
     stt_window: colloquy::agent::stack::SttWindow,
     /// Voice activity detector.
     #[arg(long, value_enum, default_value_t = VadKind::default())]

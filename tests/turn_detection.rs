@@ -43,7 +43,7 @@ fn finds_each_utterance_of_a_recording_with_known_pauses() {
     }
 }
 
-/// A 300 ms pause inside an utterance (endpoint 500 ms) keeps one turn; a
+/// A 300 ms pause inside an utterance (endpoint 400 ms) keeps one turn; a
 /// 1000 ms pause makes two.
 #[test]
 fn a_pause_shorter_than_the_endpoint_does_not_end_the_turn() {

@@ -58,10 +58,11 @@ pub struct StackOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SttWindow {
     /// The full 30 s window: best accuracy, cost independent of length.
-    #[default]
     Full,
     /// The utterance + 3 s (at least 10 s), with a loop check that falls back
-    /// to the full window: ≈ 2.7× less compute, ≈ 2 WER points more.
+    /// to the full window: ≈ 2.7× less compute, ≈ 2 WER points more. The
+    /// default: it is what brings voice-to-voice latency under 1.5 s.
+    #[default]
     Fit,
 }
 

@@ -47,7 +47,7 @@ impl Default for TurnConfig {
     fn default() -> Self {
         Self {
             start_ms: 80,
-            endpoint_ms: 500,
+            endpoint_ms: 400,
             pause_ms: 200,
             on_threshold: 0.5,
             off_threshold: 0.35,
@@ -228,7 +228,7 @@ mod tests {
         let mut d = TurnDetector::new(TurnConfig::default());
         let mut input = frames(200, 0.0);
         input.extend(frames(600, 0.9));
-        input.extend(frames(300, 0.0)); // 300 ms pause < 500 ms endpoint
+        input.extend(frames(300, 0.0)); // 300 ms pause < 400 ms endpoint
         input.extend(frames(400, 0.9));
         input.extend(frames(800, 0.0));
         let ev = run(&mut d, &input);
