@@ -71,7 +71,11 @@ fn resampling(c: &mut Criterion) {
 fn vad(c: &mut Criterion) {
     let frames = speech_frames();
     let mut g = c.benchmark_group("vad_per_frame");
-    for kind in VadKind::ALL {
+    let silero = VadKind::Silero
+        .try_build()
+        .is_ok()
+        .then_some(VadKind::Silero);
+    for kind in VadKind::ALL.into_iter().chain(silero) {
         let mut vad = kind.build();
         let mut i = 0;
         g.bench_function(BenchmarkId::from_parameter(format!("{kind:?}")), |b| {

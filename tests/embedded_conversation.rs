@@ -131,3 +131,90 @@ fn two_spoken_questions_get_spoken_answers_offline() {
     }
     stack.save();
 }
+
+/// A backchannel ("mm hmm", second voice) over the spoken answer: the
+/// barge-in is confirmed (the bot stops), the transcript has no real words,
+/// so it is a false interruption and the bot restates the sentence; the
+/// answer is committed whole, not marked interrupted.
+#[test]
+fn a_backchannel_over_the_answer_is_a_false_interruption_and_the_bot_resumes() {
+    let Some(store) = models_or_skip() else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stack = {
+        let _guard = runtime.enter();
+        VoiceStack::build(
+            &StackOptions {
+                llm_threads: 1,
+                stt_threads: 2,
+                ..StackOptions::default()
+            },
+            &store,
+        )
+        .expect("voice stack")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let question = common::load16k("speech/q-france.wav");
+    let (mut timeline, _) = common::concat(&[
+        common::silence_ms(500, 1),
+        question,
+        common::silence_ms(9000, 2),
+    ]);
+    let input = dir.path().join("q.wav");
+    common::write_wav16k(&input, &timeline);
+    let run = |path: &std::path::Path| {
+        let mut opts = ReplayOptions::new(path);
+        opts.pace = Pace::Instant;
+        replay(
+            &opts,
+            stack.agent(runtime.handle().clone()),
+            SessionConfig::default(),
+        )
+        .expect("replay")
+    };
+    // Pass 1: when does the answer start?
+    let first = run(&input);
+    let start = first
+        .events
+        .iter()
+        .find_map(|e| matches!(e.event, Event::BotStartedSpeaking { .. }).then_some(e.t_ms))
+        .expect("the bot answers") as usize;
+    // Pass 2: "mm hmm" 400 ms into the answer.
+    common::mix(
+        &mut timeline,
+        &common::load16k("speech/backchannel-f3.wav"),
+        (start + 400) * 16,
+    );
+    let input2 = dir.path().join("q-mmhmm.wav");
+    common::write_wav16k(&input2, &timeline);
+    let report = run(&input2);
+    let kinds: Vec<&str> = report.events.iter().map(|e| e.event.kind()).collect();
+    let heard: Vec<String> = report
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Transcript { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    println!("transcripts: {heard:?}");
+    assert!(
+        kinds.contains(&"clear_playback"),
+        "the bot stopped for the overlap: {kinds:?}"
+    );
+    assert!(kinds.contains(&"false_interruption"), "{kinds:?}");
+    assert!(kinds.contains(&"resumed"), "{kinds:?}");
+    assert_eq!(report.committed.len(), 1);
+    let answer = report.committed[0].messages.last().expect("answer");
+    assert!(!answer.interrupted);
+    assert!(
+        answer.content.to_lowercase().contains("paris"),
+        "{}",
+        answer.content
+    );
+}

@@ -92,6 +92,8 @@ pub enum SessionError {
     Input(ResampleError),
     #[error("output format: {0}")]
     Output(ResampleError),
+    #[error("voice activity detector: {0}")]
+    Vad(String),
 }
 
 /// One conversation's pipeline and coordinator.
@@ -155,7 +157,7 @@ impl Session {
             frames: VecDeque::with_capacity(64),
             resampler,
             assembler: FrameAssembler::new(0),
-            vad: config.vad.build(),
+            vad: config.vad.try_build().map_err(SessionError::Vad)?,
             detector: TurnDetector::new(config.turn),
             utterance: UtteranceBuffer::new(
                 (config.preroll_ms * SAMPLE_RATE as u64 / 1000) as usize,

@@ -561,6 +561,9 @@ mod tests {
         // caller-side select, so only the callback can produce the outcome.
         let engine = EspeakEngine::get().unwrap();
         let (reply, rx) = oneshot::channel();
+        // Read before sending: the owner thread may finish the job before
+        // this test thread runs again.
+        let before = CALLBACKS_AFTER_CANCEL.load(std::sync::atomic::Ordering::SeqCst);
         engine
             .send(Job::Synthesize {
                 text: "This sentence is rather long. ".repeat(200),
@@ -570,7 +573,6 @@ mod tests {
                 cancel_after_samples: Some(2000),
             })
             .unwrap();
-        let before = CALLBACKS_AFTER_CANCEL.load(std::sync::atomic::Ordering::SeqCst);
         let result = rx.await.unwrap();
         assert!(matches!(result, Err(TtsError::Cancelled)), "{result:?}");
         let after = CALLBACKS_AFTER_CANCEL.load(std::sync::atomic::Ordering::SeqCst);

@@ -14,6 +14,8 @@ use crate::frame::AudioFrame;
 
 pub mod earshot;
 pub mod energy;
+#[cfg(feature = "embedded")]
+pub mod silero;
 pub mod turn;
 pub mod webrtc;
 
@@ -50,19 +52,41 @@ pub enum VadKind {
     Earshot,
     /// Adaptive energy threshold (baseline).
     Energy,
+    /// Silero VAD v6 on onnxruntime (needs `colloquy models fetch`; not
+    /// allocation-free: one onnxruntime call per 32 ms).
+    Silero,
 }
 
 impl VadKind {
-    /// Builds a fresh detector of this kind.
-    pub fn build(self) -> Box<dyn Vad> {
-        match self {
+    /// Builds a fresh detector of this kind; an error names what is missing
+    /// (only Silero can fail: it loads a model).
+    pub fn try_build(self) -> Result<Box<dyn Vad>, String> {
+        Ok(match self {
             VadKind::Webrtc => Box::new(webrtc::WebrtcVad::new()),
             VadKind::Earshot => Box::new(earshot::EarshotVad::new()),
             VadKind::Energy => Box::new(energy::EnergyVad::new()),
-        }
+            #[cfg(feature = "embedded")]
+            VadKind::Silero => Box::new(
+                silero::SileroVad::from_store(&crate::models::ModelStore::from_env())
+                    .map_err(|e| format!("{e} (fix: run `colloquy models fetch`)"))?,
+            ),
+            #[cfg(not(feature = "embedded"))]
+            VadKind::Silero => {
+                return Err("this build has no onnxruntime support (feature `embedded`)".into())
+            }
+        })
     }
 
-    /// All kinds, for measurements.
+    /// Builds a fresh detector; if Silero cannot load, logs why and uses
+    /// the default backend (offline helpers; sessions use `try_build`).
+    pub fn build(self) -> Box<dyn Vad> {
+        self.try_build().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "VAD {self:?} unavailable; using the default");
+            Box::new(earshot::EarshotVad::new())
+        })
+    }
+
+    /// The allocation-free kinds (data-plane tests and benchmarks).
     pub const ALL: [VadKind; 3] = [VadKind::Webrtc, VadKind::Earshot, VadKind::Energy];
 }
 
