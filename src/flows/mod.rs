@@ -343,11 +343,7 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
     let at = at.min(text.len());
     let before = text.get(..at).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map_or(0, |l| l.chars().count())
-        + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
 }
 
@@ -413,7 +409,10 @@ on_enter = { say = "Bye.", end_call = true }
     fn trigger_matches_normalised_whole_words() {
         let f = flow();
         assert_eq!(f.match_trigger("ask", "Yes!").unwrap().name, "yes");
-        assert_eq!(f.match_trigger("ask", "Sure, why not.").unwrap().name, "yes");
+        assert_eq!(
+            f.match_trigger("ask", "Sure, why not.").unwrap().name,
+            "yes"
+        );
         assert_eq!(f.match_trigger("ask", "NO.").unwrap().name, "no");
         // "no" must not match inside "know" or "nothing".
         assert!(f.match_trigger("ask", "I know nothing").is_none());
@@ -429,9 +428,11 @@ on_enter = { say = "Bye.", end_call = true }
         assert_eq!(f.match_trigger("ask", "no thanks").unwrap().name, "no");
         // Both match; "yes" is the longer trigger.
         assert_eq!(f.match_trigger("ask", "yes no").unwrap().name, "yes");
-        // Same length ("yes" vs "no " is not a tie, so use two 2-word triggers):
-        // "no thanks" (function no) is declared before any equal-length rival.
-        assert_eq!(f.match_trigger("ask", "no thanks no problem").unwrap().name, "no_problem");
+        // "no problem" (10 characters) beats "no thanks" (9).
+        assert_eq!(
+            f.match_trigger("ask", "no thanks no problem").unwrap().name,
+            "no_problem"
+        );
     }
 
     #[test]
@@ -439,7 +440,9 @@ on_enter = { say = "Bye.", end_call = true }
         let text = FLOW.replace("[\"yes\", \"sure\"]", "[\"table for 2\"]");
         let f = Flow::parse("t.toml", &text).unwrap();
         assert_eq!(
-            f.match_trigger("ask", "A table for two, please").unwrap().name,
+            f.match_trigger("ask", "A table for two, please")
+                .unwrap()
+                .name,
             "yes"
         );
     }

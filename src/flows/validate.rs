@@ -127,7 +127,10 @@ pub(crate) fn validate(flow: &RawFlow) -> Vec<Problem> {
             for reason in schema_problems(&f.parameters) {
                 problems.push(node_problem(
                     name,
-                    format!("function \"{}\": invalid parameters schema: {reason}", f.name),
+                    format!(
+                        "function \"{}\": invalid parameters schema: {reason}",
+                        f.name
+                    ),
                 ));
             }
             for t in &f.triggers {
@@ -166,7 +169,9 @@ fn valid_function_name(name: &str) -> bool {
 pub fn schema_problems(schema: &serde_json::Value) -> Vec<String> {
     let mut out = Vec::new();
     let Some(obj) = schema.as_object() else {
-        out.push("must be an object like {\"type\": \"object\", \"properties\": {...}}".to_string());
+        out.push(
+            "must be an object like {\"type\": \"object\", \"properties\": {...}}".to_string(),
+        );
         return out;
     };
     match obj.get("type").and_then(|t| t.as_str()) {
