@@ -672,7 +672,11 @@ fn flows_check(files: Vec<PathBuf>) -> anyhow::Result<()> {
     let mut invalid = 0;
     for file in &files {
         match Flow::load(file) {
-            Ok(flow) => println!("ok  {} ({} nodes)", file.display(), flow.nodes.len()),
+            Ok(flow) => {
+                let n = flow.nodes.len();
+                let s = if n == 1 { "" } else { "s" };
+                println!("ok  {} ({n} node{s})", file.display());
+            }
             Err(e) => {
                 invalid += 1;
                 eprintln!("{e}");

@@ -251,7 +251,7 @@ impl Flow {
                 syntax_error(
                     file,
                     format!(
-                        "JSON error at line {}, column {}: {} (fix the syntax)",
+                        "JSON error at line {}, column {}: {} (see docs/flows.md for the format)",
                         e.line(),
                         e.column(),
                         strip_position(&e.to_string())
@@ -270,7 +270,7 @@ impl Flow {
                 syntax_error(
                     file,
                     format!(
-                        "TOML error{at}: {} (fix the syntax)",
+                        "TOML error{at}: {} (see docs/flows.md for the format)",
                         e.message().trim().replace('\n', " ")
                     ),
                 )
