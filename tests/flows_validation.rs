@@ -366,3 +366,17 @@ fn json_flow_loads_like_toml() {
         Some("Bye.")
     );
 }
+
+#[test]
+fn the_example_in_docs_flows_md_validates() {
+    let doc =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/flows.md"))
+            .unwrap();
+    let start = doc
+        .find("```toml\n")
+        .expect("docs/flows.md has a toml example")
+        + 8;
+    let len = doc[start..].find("```").unwrap();
+    let flow = Flow::parse("docs-example.toml", &doc[start..start + len]).unwrap();
+    assert_eq!(flow.nodes.len(), 3);
+}

@@ -290,7 +290,8 @@ impl Flow {
         })
     }
 
-    /// The initial node (exists by invariant #1).
+    /// The initial node (exists by invariant #1; a `Flow` built by hand
+    /// with a missing initial node makes this panic — use [`Flow::parse`]).
     pub fn initial(&self) -> &Node {
         &self.nodes[&self.initial_node]
     }
