@@ -11,6 +11,8 @@
 //! - [`agent`]: what answers a turn (parrot, voice = STT → LLM → TTS).
 //! - [`stt`], [`llm`], [`tts`]: the three model stages, each a trait with one
 //!   backend per file.
+//! - [`flows`]: conversation flows (nodes, functions, triggers) and their
+//!   load-time validation.
 //! - [`journal`]: committed turns in SQLite; sessions and traces.
 //! - [`transport`]: file replay (and, later, WebSocket and local devices).
 //! - [`models`]: the embedded model store (pinned PyPI packages, fetch,
@@ -18,6 +20,7 @@
 
 pub mod agent;
 pub mod audio;
+pub mod flows;
 pub mod frame;
 pub mod journal;
 pub mod llm;

@@ -185,6 +185,11 @@ enum Command {
     /// List audio devices (names for `run --input/--output`).
     Devices,
     // ---- end local devices ---------------------------------------------------
+    /// Conversation flows: check flow files (all of `flows/` by default).
+    Flows {
+        #[command(subcommand)]
+        action: FlowsAction,
+    },
 }
 
 // ---- `serve` (WebSocket transport) -------------------------------------------
@@ -502,6 +507,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pipeline,
         } => local::run(input, output, events, !no_echo_gate, &pipeline),
         Command::Devices => local::devices(),
+        Command::Flows {
+            action: FlowsAction::Check { files },
+        } => flows_check(files),
     }
 }
 
@@ -634,3 +642,51 @@ mod local {
     }
 }
 // ---- end local devices --------------------------------------------------------
+
+// ---- flows --------------------------------------------------------------------
+
+#[derive(Subcommand, Debug)]
+enum FlowsAction {
+    /// Load and validate flow files; print every problem (exit 2 if any).
+    Check {
+        /// Flow files (.toml or .json); default: every one in ./flows.
+        files: Vec<PathBuf>,
+    },
+}
+
+/// `colloquy flows check`: `ok  FILE (N nodes)` per valid file, every
+/// problem of an invalid one; exits with status 2 when any file is invalid.
+fn flows_check(files: Vec<PathBuf>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use colloquy::flows::{flow_files, Flow};
+    let files = if files.is_empty() {
+        let found = flow_files("flows")
+            .context("cannot list ./flows (run from the project directory, or name the files)")?;
+        if found.is_empty() {
+            anyhow::bail!("no flow files (*.toml, *.json) in ./flows (name the files to check)");
+        }
+        found
+    } else {
+        files
+    };
+    let mut invalid = 0;
+    for file in &files {
+        match Flow::load(file) {
+            Ok(flow) => {
+                let n = flow.nodes.len();
+                let s = if n == 1 { "" } else { "s" };
+                println!("ok  {} ({n} node{s})", file.display());
+            }
+            Err(e) => {
+                invalid += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if invalid > 0 {
+        eprintln!("{invalid} of {} flow files invalid", files.len());
+        std::process::exit(2);
+    }
+    Ok(())
+}
+// ---- end flows ----------------------------------------------------------------
