@@ -289,6 +289,22 @@ static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLo
 /// The loaded models, shared by every session (one load per process).
 static STACK: std::sync::OnceLock<Arc<VoiceStack>> = std::sync::OnceLock::new();
 
+/// Prints committed rounds, one message a line.
+fn print_rounds(rounds: &[colloquy::turn::CommittedRound]) {
+    for m in rounds.iter().flat_map(|r| &r.messages) {
+        let text = if m.content.is_empty() {
+            "(audio, no transcript)"
+        } else {
+            &m.content
+        };
+        let role = format!("{:?}", m.role).to_lowercase();
+        println!(
+            "  {role:>9}: {text}{}",
+            if m.interrupted { " [interrupted]" } else { "" }
+        );
+    }
+}
+
 fn open_journal(path: Option<PathBuf>) -> anyhow::Result<colloquy::journal::Journal> {
     let path = path.unwrap_or_else(colloquy::journal::Journal::default_path);
     Ok(colloquy::journal::Journal::open(&path)?)
@@ -397,21 +413,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 turns,
                 interruptions
             );
-            for round in &report.committed {
-                for m in &round.messages {
-                    let text = if m.content.is_empty() {
-                        "(audio, no transcript)"
-                    } else {
-                        &m.content
-                    };
-                    println!(
-                        "  {:>9}: {}{}",
-                        format!("{:?}", m.role).to_lowercase(),
-                        text,
-                        if m.interrupted { " [interrupted]" } else { "" }
-                    );
-                }
-            }
+            print_rounds(&report.committed);
             if let Some(p) = out {
                 println!("timeline: {} (left = you, right = bot)", p.display());
             }
@@ -585,21 +587,7 @@ mod local {
             c.xruns,
             report.echo_rejected
         );
-        for round in &report.committed {
-            for m in &round.messages {
-                let text = if m.content.is_empty() {
-                    "(audio, no transcript)"
-                } else {
-                    &m.content
-                };
-                println!(
-                    "  {:>9}: {}{}",
-                    format!("{:?}", m.role).to_lowercase(),
-                    text,
-                    if m.interrupted { " [interrupted]" } else { "" }
-                );
-            }
-        }
+        super::print_rounds(&report.committed);
         if let Some(p) = events {
             println!("events: {}", p.display());
         }
