@@ -336,10 +336,10 @@ mod tests {
         assert_eq!((e.model.as_str(), e.voice.as_deref()), ("m", Some("alloy")));
         for bad in [
             "127.0.0.1::m",
-            "ftp://h::m",
-            "http://h",
-            "http://h::",
-            "http://h::m::v::x",
+            "ftp://127.0.0.1::m",
+            "http://127.0.0.1",
+            "http://127.0.0.1::",
+            "http://127.0.0.1::m::v::x",
         ] {
             let err = parse_endpoint(bad, "--llm").expect_err(bad);
             assert!(err.to_string().contains("fix:"), "{err}");
@@ -366,20 +366,23 @@ mod tests {
         assert_eq!(c.retry.max_attempts, 2);
         let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "sk-test".to_string());
         c.apply_cli(
-            &["http://h1:1/v1::x".into(), "http://h2:2/v1::y".into()],
+            &[
+                "http://127.0.0.1:1/v1::x".into(),
+                "http://127.0.0.2:2/v1::y".into(),
+            ],
             None,
-            Some("http://h3/v1::tts-1::nova"),
+            Some("http://127.0.0.3/v1::tts-1::nova"),
             &env,
         )
         .unwrap();
         let keys: Vec<_> = c.models.iter().map(ModelSpec::key).collect();
-        assert_eq!(keys, ["h1:1/x", "h2:2/y"]);
+        assert_eq!(keys, ["127.0.0.1:1/x", "127.0.0.2:2/y"]);
         assert_eq!(c.models[0].api_key_env.as_deref(), Some("OPENAI_API_KEY"));
         assert_eq!(
             c.tts.as_ref().and_then(|t| t.voice.as_deref()),
             Some("nova")
         );
-        c.apply_cli(&["http://h1::x".into()], None, None, &no_env)
+        c.apply_cli(&["http://127.0.0.1::x".into()], None, None, &no_env)
             .unwrap();
         assert_eq!(c.models[0].api_key_env, None, "no OPENAI_API_KEY: no key");
     }
@@ -387,8 +390,10 @@ mod tests {
     #[test]
     fn env_lists_apply_and_unknown_fields_are_rejected() {
         let mut c = LlmConfig::default();
-        let env =
-            |k: &str| (k == "COLLOQUY_LLM").then(|| "http://a/v1::m1, http://b/v1::m2".to_string());
+        let env = |k: &str| {
+            (k == "COLLOQUY_LLM")
+                .then(|| "http://127.0.0.4/v1::m1, http://127.0.0.5/v1::m2".to_string())
+        };
         c.apply_env(&env).unwrap();
         assert_eq!(c.models.len(), 2);
         let err = LlmConfig::from_toml("[[models]]\nbase_url='x'\nmodel='m'\nkey='oops'", "f.toml")
