@@ -180,6 +180,8 @@ enum Command {
         #[arg(long)]
         no_echo_gate: bool,
         #[command(flatten)]
+        journal: JournalArgs,
+        #[command(flatten)]
         pipeline: PipelineArgs,
     },
     /// List audio devices (names for `run --input/--output`).
@@ -506,8 +508,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             events,
             no_echo_gate,
+            journal,
             pipeline,
-        } => local::run(input, output, events, !no_echo_gate, &pipeline),
+        } => local::run(input, output, events, !no_echo_gate, &journal, &pipeline),
         Command::Devices => local::devices(),
         Command::Flows {
             action: FlowsAction::Check { files },
@@ -565,6 +568,7 @@ mod local {
         output: Option<String>,
         events: Option<PathBuf>,
         echo_gate: bool,
+        journal: &super::JournalArgs,
         pipeline: &PipelineArgs,
     ) -> anyhow::Result<()> {
         let agent = build_agent(pipeline)?;
@@ -575,6 +579,8 @@ mod local {
             events: events.clone(),
             status: true,
             echo_gate,
+            journal: journal.path(),
+            resume: journal.session.clone(),
         };
         let report = transport::run(&opts, agent, session_config(pipeline), stop)?;
         let c = &report.counters;

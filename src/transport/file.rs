@@ -144,18 +144,18 @@ pub fn replay(
     let step = (audio.sample_rate / 50) as usize * audio.channels as usize;
     let (mut in_prod, in_cons) = input_ring(step * 16);
     let (out_prod, mut out_cons) = output_ring(SAMPLE_RATE as usize * 8);
-    let mut journal = match &opts.journal {
+    let (mut journal, history) = match &opts.journal {
         Some(path) => {
-            let mut j = crate::journal::Journal::open(path)?;
             let source = opts.input.display().to_string();
-            let id = j.start_session(opts.resume.as_deref(), agent.name(), &source)?;
-            Some((j, id))
+            let (j, history) = crate::journal::SessionJournal::open(
+                path,
+                opts.resume.as_deref(),
+                agent.name(),
+                &source,
+            )?;
+            (Some(j), history)
         }
-        None => None,
-    };
-    let history = match (&journal, &opts.resume) {
-        (Some((j, id)), Some(_)) => j.history(id)?,
-        _ => Vec::new(),
+        None => (None, Vec::new()),
     };
     let mut session = Session::new(config, agent, in_cons, out_prod)
         .map_err(|cause| ReplayError::Session {
@@ -230,11 +230,9 @@ pub fn replay(
     session.shutdown();
     commit_to_journal(&mut session, &mut report.committed, journal.as_mut());
     write_events(&mut session, &mut report.events, events_file.as_mut(), opts)?;
-    if let Some((j, id)) = journal.as_mut() {
-        if let Err(e) = j.finish_session(id, session.coordinator().quarantined()) {
-            tracing::warn!(error = %e, "journal: could not record the session summary");
-        }
-        report.session_id = Some(id.clone());
+    if let Some(j) = journal.as_mut() {
+        j.finish(session.coordinator().quarantined());
+        report.session_id = Some(j.id().to_string());
     }
     if let Some(f) = events_file.as_mut() {
         f.flush().map_err(|cause| ReplayError::Events {
@@ -254,20 +252,15 @@ pub fn replay(
 }
 
 /// Writes the rounds committed since the last call to the journal, before
-/// their events reach the log (so a logged `committed` is in the journal). A
-/// failed write becomes an `error` event; the conversation goes on.
+/// their events reach the log (so a logged `committed` is in the journal).
 fn commit_to_journal(
     session: &mut Session,
     all: &mut Vec<CommittedRound>,
-    journal: Option<&mut (crate::journal::Journal, String)>,
+    journal: Option<&mut crate::journal::SessionJournal>,
 ) {
     let rounds = session.drain_committed();
-    if let Some((j, id)) = journal {
-        for round in &rounds {
-            if let Err(e) = j.append_turn(id, round) {
-                session.report_error("journal", e.to_string());
-            }
-        }
+    if let Some(j) = journal {
+        j.record(session, &rounds);
     }
     all.extend(rounds);
 }

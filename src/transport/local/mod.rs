@@ -61,6 +61,10 @@ pub struct LocalOptions {
     /// Gate the VAD with the playback level (session/echo.rs). Turn off only
     /// with headphones, or to see the bot interrupt itself.
     pub echo_gate: bool,
+    /// Journal to write committed turns to (none: no journal).
+    pub journal: Option<PathBuf>,
+    /// Resume this journal session: its committed turns are the starting context.
+    pub resume: Option<String>,
 }
 
 impl Default for LocalOptions {
@@ -71,6 +75,8 @@ impl Default for LocalOptions {
             events: None,
             status: true,
             echo_gate: true,
+            journal: None,
+            resume: None,
         }
     }
 }
@@ -126,6 +132,8 @@ pub enum LocalError {
     },
     #[error("session: {0}")]
     Session(#[from] SessionError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("cannot write the event log {path}: {cause}")]
     Events {
         path: PathBuf,
@@ -418,7 +426,19 @@ pub fn run(
     let (out_prod, out_cons) = output_ring(out_rate as usize / 2);
     let in_stats = in_prod.stats().clone();
     let out_stats = out_cons.stats().clone();
-    let mut session = Session::new(config, agent, in_cons, out_prod)?;
+    let (mut journal, history) = match &opts.journal {
+        Some(path) => {
+            let (j, history) = crate::journal::SessionJournal::open(
+                path,
+                opts.resume.as_deref(),
+                agent.name(),
+                "microphone",
+            )?;
+            (Some(j), history)
+        }
+        None => (None, Vec::new()),
+    };
+    let mut session = Session::new(config, agent, in_cons, out_prod)?.with_history(history);
 
     let shared = Arc::new(CallbackShared::default());
     let (err_tx, err_rx) = crossbeam_channel::bounded::<(Direction, cpal::Error)>(64);
@@ -579,9 +599,14 @@ pub fn run(
             .bot_speaking
             .store(session.coordinator().bot_speaking(), Ordering::Release);
 
+        // The journal first, so a logged `committed` is in the journal.
+        let rounds = session.drain_committed();
+        if let Some(j) = journal.as_mut() {
+            j.record(&mut session, &rounds);
+        }
+        committed.extend(rounds);
         let first = all_events.len();
         all_events.extend(session.drain_events());
-        committed.extend(session.drain_committed());
 
         if last_report.elapsed() >= REPORT_EVERY {
             last_report = Instant::now();
@@ -653,9 +678,14 @@ pub fn run(
         );
     }
     session.shutdown();
+    let rounds = session.drain_committed();
+    if let Some(j) = journal.as_mut() {
+        j.record(&mut session, &rounds);
+        j.finish(session.coordinator().quarantined());
+    }
+    committed.extend(rounds);
     let first = all_events.len();
     all_events.extend(session.drain_events());
-    committed.extend(session.drain_committed());
     write_events(events_file.as_mut(), &all_events[first..], opts)?;
     if let Some(f) = events_file.as_mut() {
         f.flush().map_err(|cause| LocalError::Events {
