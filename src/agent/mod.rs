@@ -33,11 +33,9 @@ pub struct TurnJob {
     pub task: TaskId,
     /// Committed history, oldest first (system prompt excluded).
     pub history: Vec<ChatMessage>,
-    /// The user's utterance, 16 kHz mono.
+    /// The user's utterance, 16 kHz mono, with any earlier speech of this
+    /// turn that was not answered yet (the user went on talking) before it.
     pub user_audio: Arc<[i16]>,
-    /// Text of earlier user speech of this turn that was not answered yet
-    /// (the user went on talking before the reply played).
-    pub carried_user_text: String,
     pub cancel: CancellationToken,
 }
 

@@ -409,7 +409,6 @@ impl Coordinator {
             task,
             history,
             user_audio: audio,
-            carried_user_text: String::new(),
             cancel,
         };
         let reporter = Reporter::new(
