@@ -471,6 +471,20 @@ impl SessionJournal {
         Ok((Self { journal, id }, history))
     }
 
+    /// [`SessionJournal::open`] when a journal path is given; no journal and
+    /// no history otherwise.
+    pub fn open_optional(
+        path: Option<&Path>,
+        resume: Option<&str>,
+        agent: &str,
+        source: &str,
+    ) -> Result<(Option<Self>, Vec<ChatMessage>), JournalError> {
+        match path {
+            Some(p) => Self::open(p, resume, agent, source).map(|(j, h)| (Some(j), h)),
+            None => Ok((None, Vec::new())),
+        }
+    }
+
     /// The journal session id.
     pub fn id(&self) -> &str {
         &self.id

@@ -162,7 +162,7 @@ pub fn parse_endpoint(s: &str, origin: &str) -> Result<Endpoint, ConfigError> {
     let (scheme, rest) = s.split_once("://").ok_or_else(|| {
         invalid(
             origin,
-            format!("`{s}` has no http:// or https:// base URL"),
+            format!("`{s}` has no base URL with an http or https scheme"),
             HINT,
         )
     })?;
@@ -368,15 +368,15 @@ mod tests {
         c.apply_cli(
             &[
                 "http://127.0.0.1:1/v1::x".into(),
-                "http://127.0.0.2:2/v1::y".into(),
+                "http://127.0.0.1:2/v1::y".into(),
             ],
             None,
-            Some("http://127.0.0.3/v1::tts-1::nova"),
+            Some("http://127.0.0.1:3/v1::tts-1::nova"),
             &env,
         )
         .unwrap();
         let keys: Vec<_> = c.models.iter().map(ModelSpec::key).collect();
-        assert_eq!(keys, ["127.0.0.1:1/x", "127.0.0.2:2/y"]);
+        assert_eq!(keys, ["127.0.0.1:1/x", "127.0.0.1:2/y"]);
         assert_eq!(c.models[0].api_key_env.as_deref(), Some("OPENAI_API_KEY"));
         assert_eq!(
             c.tts.as_ref().and_then(|t| t.voice.as_deref()),
@@ -392,7 +392,7 @@ mod tests {
         let mut c = LlmConfig::default();
         let env = |k: &str| {
             (k == "COLLOQUY_LLM")
-                .then(|| "http://127.0.0.4/v1::m1, http://127.0.0.5/v1::m2".to_string())
+                .then(|| "http://127.0.0.1:4/v1::m1, http://127.0.0.1:5/v1::m2".to_string())
         };
         c.apply_env(&env).unwrap();
         assert_eq!(c.models.len(), 2);

@@ -144,19 +144,12 @@ pub fn replay(
     let step = (audio.sample_rate / 50) as usize * audio.channels as usize;
     let (mut in_prod, in_cons) = input_ring(step * 16);
     let (out_prod, mut out_cons) = output_ring(SAMPLE_RATE as usize * 8);
-    let (mut journal, history) = match &opts.journal {
-        Some(path) => {
-            let source = opts.input.display().to_string();
-            let (j, history) = crate::journal::SessionJournal::open(
-                path,
-                opts.resume.as_deref(),
-                agent.name(),
-                &source,
-            )?;
-            (Some(j), history)
-        }
-        None => (None, Vec::new()),
-    };
+    let (mut journal, history) = crate::journal::SessionJournal::open_optional(
+        opts.journal.as_deref(),
+        opts.resume.as_deref(),
+        agent.name(),
+        &opts.input.display().to_string(),
+    )?;
     let mut session = Session::new(config, agent, in_cons, out_prod)
         .map_err(|cause| ReplayError::Session {
             path: opts.input.clone(),

@@ -426,18 +426,12 @@ pub fn run(
     let (out_prod, out_cons) = output_ring(out_rate as usize / 2);
     let in_stats = in_prod.stats().clone();
     let out_stats = out_cons.stats().clone();
-    let (mut journal, history) = match &opts.journal {
-        Some(path) => {
-            let (j, history) = crate::journal::SessionJournal::open(
-                path,
-                opts.resume.as_deref(),
-                agent.name(),
-                "microphone",
-            )?;
-            (Some(j), history)
-        }
-        None => (None, Vec::new()),
-    };
+    let (mut journal, history) = crate::journal::SessionJournal::open_optional(
+        opts.journal.as_deref(),
+        opts.resume.as_deref(),
+        agent.name(),
+        "microphone",
+    )?;
     let mut session = Session::new(config, agent, in_cons, out_prod)?.with_history(history);
 
     let shared = Arc::new(CallbackShared::default());
