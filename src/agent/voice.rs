@@ -45,7 +45,9 @@ impl Default for VoiceOptions {
         Self {
             system_prompt: DEFAULT_SYSTEM_PROMPT.to_string(),
             max_tokens: 60,
-            temperature: 0.3,
+            // Greedy: the small model's most likely answer, the same every time
+            // for the same words (sampled answers sometimes stopped mid-sentence).
+            temperature: 0.0,
             turn_budget: Duration::from_secs(20),
             max_chunk_chars: 180,
             max_history: 12,
