@@ -27,5 +27,5 @@ say en-us+f3 "mm hmm" "$out/backchannel-f3.wav"
 printf 'q-france\twhat is the capital of france\nq-week\thow many days are there in a week\nq-germany-f3\twait stop what is the capital of germany\n' >> "$out/transcripts.tsv"
 
 # The bundled conversation for the README's run command: two questions with room for answers.
-sox "$out/q-france.wav" -p pad 0.5 6 | sox - "$out/q-week.wav" assets/conversation.wav pad 0 6
+sox "$out/q-france.wav" -p pad 0.5 10 | sox - "$out/q-week.wav" assets/conversation.wav pad 0 6
 echo "assets rebuilt"
