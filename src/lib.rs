@@ -28,6 +28,7 @@ pub mod models;
 pub mod pipeline;
 pub mod session;
 pub mod stt;
+pub mod tools;
 pub mod transport;
 pub mod tts;
 pub mod turn;

@@ -76,6 +76,10 @@ struct PipelineArgs {
     /// Speech over the bot needed to interrupt it (ms).
     #[arg(long)]
     interrupt_ms: Option<u64>,
+    /// Conversation flow (TOML or JSON, see docs/flows.md). Default: the
+    /// built-in open chat, flows/assistant.toml.
+    #[arg(long, value_name = "FILE")]
+    flow: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -294,6 +298,12 @@ static STACK: std::sync::OnceLock<Arc<VoiceStack>> = std::sync::OnceLock::new();
 /// Prints committed rounds, one message a line.
 fn print_rounds(rounds: &[colloquy::turn::CommittedRound]) {
     for m in rounds.iter().flat_map(|r| &r.messages) {
+        for call in &m.tool_calls {
+            println!("  {:>9}: {}({})", "call", call.name, call.arguments);
+        }
+        if !m.tool_calls.is_empty() && m.content.is_empty() {
+            continue;
+        }
         let text = if m.content.is_empty() {
             "(audio, no transcript)"
         } else {
@@ -346,6 +356,10 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
                         llm_threads: args.llm_threads,
                         stt_threads: args.stt_threads,
                         stt_window: args.stt_window,
+                        flow: Some(Arc::new(match &args.flow {
+                            Some(path) => colloquy::flows::Flow::load(path)?,
+                            None => colloquy::flows::Flow::assistant(),
+                        })),
                     };
                     let store = colloquy::models::ModelStore::from_env();
                     let _guard = handle.enter();

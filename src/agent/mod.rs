@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+pub mod flow;
 pub mod parrot;
 pub mod stack;
 pub mod voice;

@@ -52,6 +52,8 @@ pub struct StackOptions {
     pub stt_threads: usize,
     /// Whisper's encoder window: the full 30 s, or fitted to the utterance.
     pub stt_window: SttWindow,
+    /// The conversation flow every session follows (`None`: open chat).
+    pub flow: Option<Arc<crate::flows::Flow>>,
 }
 
 /// Whisper's encoder window (the main term of voice-to-voice latency).
@@ -94,6 +96,8 @@ pub struct VoiceStack {
     telemetry_path: Option<PathBuf>,
     /// Describes each stage for the start-up banner.
     pub summary: Vec<String>,
+    /// The flow the agents follow.
+    pub flow: Option<Arc<crate::flows::Flow>>,
 }
 
 impl VoiceStack {
@@ -150,7 +154,11 @@ impl VoiceStack {
             }
             (stack.router, stack.telemetry)
         };
+        if let Some(flow) = &opts.flow {
+            summary.push(format!("flow: {}", flow.file.display()));
+        }
         Ok(Self {
+            flow: opts.flow.clone(),
             stt,
             tts,
             router,
@@ -166,7 +174,10 @@ impl VoiceStack {
             self.stt.clone(),
             self.router.clone(),
             self.tts.clone(),
-            VoiceOptions::default(),
+            VoiceOptions {
+                flow: self.flow.clone(),
+                ..VoiceOptions::default()
+            },
             runtime,
         ))
     }

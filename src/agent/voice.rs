@@ -1,6 +1,8 @@
 //! The voice agent: STT → LLM (through the router) → sentence chunker → TTS,
 //! streaming sentence by sentence, each spoken chunk reported as soon as it
-//! is synthesised.
+//! is synthesised. With a conversation flow, the flow's plan (`flow.rs`)
+//! decides between a fixed line, the model, and silence, and the function a
+//! transcript or the model fired runs here, inside the turn's fenced task.
 //!
 //! # Invariants
 //! 1. The job's cancellation token is checked between every step (after STT,
@@ -13,13 +15,15 @@
 //!    LLM decode share the two cores in a known way (see README, "CPU
 //!    scheduling").
 
+use super::flow::FlowReply;
 use super::{Agent, Payload, Reporter, TurnJob};
 use crate::audio::wav::mono_i16_to_16k;
+use crate::flows::{Flow, FlowState};
 use crate::frame::CancelReason;
 use crate::llm::leg::CancelSignal;
 use crate::llm::router::{Router, TurnItem};
 use crate::llm::span::SpanEvent;
-use crate::llm::{ChatDelta, ChatMessage, ChatRequest, Role};
+use crate::llm::{ChatDelta, ChatMessage, ChatRequest, Role, ToolCall};
 use crate::stt::SpeechToText;
 use crate::tts::chunker::SentenceChunker;
 use crate::tts::TextToSpeech;
@@ -38,6 +42,8 @@ pub struct VoiceOptions {
     pub max_chunk_chars: usize,
     /// Most history messages sent with a request (oldest dropped first).
     pub max_history: usize,
+    /// The conversation flow; `None` is open chat with `system_prompt`.
+    pub flow: Option<Arc<Flow>>,
 }
 
 impl Default for VoiceOptions {
@@ -51,6 +57,7 @@ impl Default for VoiceOptions {
             turn_budget: Duration::from_secs(20),
             max_chunk_chars: 180,
             max_history: 12,
+            flow: None,
         }
     }
 }
@@ -99,106 +106,258 @@ impl Agent for VoiceAgent {
     }
 
     fn start(&self, job: TurnJob, reporter: Reporter) {
+        let turn = Turn {
+            tts: self.tts.clone(),
+            router: self.router.clone(),
+            options: self.options.clone(),
+            cancel: job.cancel.clone(),
+            reporter,
+            epoch: job.epoch,
+            spoke: false,
+        };
         let stt = self.stt.clone();
-        let tts = self.tts.clone();
-        let router = self.router.clone();
-        let budget = self.options.turn_budget;
-        let max_chunk = self.options.max_chunk_chars;
-        let options = self.options.clone();
         self.runtime.spawn(async move {
-            let cancel = job.cancel.clone();
+            let mut turn = turn;
             // 1. STT.
-            let text = match stt.transcribe(&job.user_audio, &cancel).await {
+            let text = match stt.transcribe(&job.user_audio, &turn.cancel).await {
                 Ok(t) => t.text.trim().to_string(),
                 Err(crate::stt::SttError::Cancelled) => return,
                 Err(e) => {
-                    reporter.send(Payload::Failed(e.to_string()));
+                    turn.reporter.send(Payload::Failed(e.to_string()));
                     return;
                 }
             };
-            if cancel.is_cancelled() || !reporter.send(Payload::Transcript(text.clone())) {
+            if turn.cancel.is_cancelled() || !turn.reporter.send(Payload::Transcript(text.clone()))
+            {
                 return;
             }
             if crate::stt::normalize::normalize(&text).is_empty() {
-                reporter.send(Payload::Done);
+                turn.reporter.send(Payload::Done);
                 return;
             }
-            // 2. LLM through the router.
-            let request = build_request(&options, &job.history, &text);
-            let signal = CancelSignal::new(cancel.clone(), CancelReason::BargeIn);
-            let deadline = tokio::time::Instant::now() + budget;
-            let mut reply = router.start_turn(request, job.epoch, deadline, signal);
-            let mut chunker = SentenceChunker::new(max_chunk).with_eager_first_clause(24);
-            let mut spoke = false;
-            loop {
-                let item = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return,
-                    item = reply.next() => item,
-                };
-                let finished = !matches!(item, Some(TurnItem::Delta(_)));
-                let sentences = match item {
-                    Some(TurnItem::Delta(ChatDelta::Text(t))) => {
-                        reporter.send(Payload::Token(t.clone()));
-                        chunker.push(&t)
-                    }
-                    Some(TurnItem::Delta(_)) => continue,
-                    Some(TurnItem::Restart { .. }) => {
-                        // Holds invariant 2.
-                        chunker.clear();
-                        continue;
-                    }
-                    Some(TurnItem::Done { model }) => {
-                        reporter.send(Payload::Model(model));
-                        chunker.finish()
-                    }
-                    None => chunker.finish(),
-                    Some(TurnItem::Failed(e)) => {
-                        if !spoke {
-                            reporter.send(Payload::Failed(e.to_string()));
-                            return;
-                        }
-                        chunker.finish()
-                    }
-                    Some(TurnItem::Cancelled(_)) => return,
-                };
-                for sentence in sentences {
-                    // 3. TTS, one sentence at a time (invariant 3).
-                    let speech = match tts.synthesize(&sentence, &cancel).await {
-                        Ok(s) => s,
-                        Err(crate::tts::TtsError::Cancelled) => return,
-                        Err(e) => {
-                            reporter.send(Payload::Failed(e.to_string()));
-                            return;
-                        }
-                    };
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    let audio = match mono_i16_to_16k(&speech.samples, speech.sample_rate) {
-                        Ok(a) => a,
-                        Err(e) => {
-                            reporter.send(Payload::Failed(format!("tts output: {e}")));
-                            return;
-                        }
-                    };
-                    if !spoke {
-                        reply.mark_audio_played();
-                        spoke = true;
-                    }
-                    if !reporter.send(Payload::Speech {
-                        text: sentence,
-                        audio: audio.into(),
-                    }) {
-                        return;
-                    }
+            // 2. The flow's plan (or open chat), then 3. the answer.
+            let step = match turn.options.flow.clone() {
+                None => {
+                    let request = build_request(&turn.options, &job.history, &text);
+                    turn.model(request, None).await
                 }
-                if finished {
-                    reporter.send(Payload::Done);
-                    return;
-                }
+                Some(flow) => turn.flow_turn(&flow, &job.history, &text).await,
+            };
+            if step == Step::Go {
+                turn.reporter.send(Payload::Done);
             }
         });
+    }
+}
+
+/// Whether a turn goes on after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Go,
+    /// Cancelled, failed (already reported) or the session is gone.
+    Stop,
+}
+
+/// One running turn of the voice agent.
+struct Turn {
+    tts: Arc<dyn TextToSpeech>,
+    router: Arc<Router>,
+    options: Arc<VoiceOptions>,
+    cancel: tokio_util::sync::CancellationToken,
+    reporter: Reporter,
+    epoch: u64,
+    /// Audio was reported (no model restart any more, invariant 2).
+    spoke: bool,
+}
+
+impl Turn {
+    /// A flow turn: plan, run the fired function's tool, answer.
+    async fn flow_turn(&mut self, flow: &Arc<Flow>, history: &[ChatMessage], text: &str) -> Step {
+        let now = crate::tools::time::now_local();
+        let plan = super::flow::plan_turn(flow, &self.options, history, text, self.epoch, now);
+        if let Some((call, result)) = plan.tool {
+            // The tool ran inside this fenced task; its call and result go
+            // to the coordinator as one unit (flow invariant 1).
+            if self.cancel.is_cancelled() || !self.reporter.send(Payload::Tool { call, result }) {
+                return Step::Stop;
+            }
+        }
+        match plan.reply {
+            FlowReply::Say(line) => self.say(&line).await,
+            FlowReply::Model(request) => {
+                let state = FlowState::from_history(flow, history);
+                self.model(request, Some((flow, state, history, text)))
+                    .await
+            }
+            FlowReply::Silent => Step::Go,
+        }
+    }
+
+    /// Speaks a fixed line, sentence by sentence.
+    async fn say(&mut self, line: &str) -> Step {
+        let mut chunker = SentenceChunker::new(self.options.max_chunk_chars);
+        let mut sentences = chunker.push(line);
+        sentences.extend(chunker.finish());
+        for sentence in sentences {
+            if self.speak(sentence).await == Step::Stop {
+                return Step::Stop;
+            }
+        }
+        Step::Go
+    }
+
+    /// Synthesises one sentence and reports it (invariant 3: one at a time).
+    async fn speak(&mut self, sentence: String) -> Step {
+        let speech = match self.tts.synthesize(&sentence, &self.cancel).await {
+            Ok(s) => s,
+            Err(crate::tts::TtsError::Cancelled) => return Step::Stop,
+            Err(e) => {
+                self.reporter.send(Payload::Failed(e.to_string()));
+                return Step::Stop;
+            }
+        };
+        if self.cancel.is_cancelled() {
+            return Step::Stop;
+        }
+        let audio = match mono_i16_to_16k(&speech.samples, speech.sample_rate) {
+            Ok(a) => a,
+            Err(e) => {
+                self.reporter
+                    .send(Payload::Failed(format!("tts output: {e}")));
+                return Step::Stop;
+            }
+        };
+        self.spoke = true;
+        if self.reporter.send(Payload::Speech {
+            text: sentence,
+            audio: audio.into(),
+        }) {
+            Step::Go
+        } else {
+            Step::Stop
+        }
+    }
+
+    /// Streams the model's reply through the router, speaking it sentence
+    /// by sentence. In a flow, a tool call of the model runs the node's
+    /// function (once per turn) and its line, or a second request without
+    /// tools, answers.
+    async fn model(
+        &mut self,
+        request: ChatRequest,
+        flow: Option<(&Arc<Flow>, FlowState, &[ChatMessage], &str)>,
+    ) -> Step {
+        let signal = CancelSignal::new(self.cancel.clone(), CancelReason::BargeIn);
+        let deadline = tokio::time::Instant::now() + self.options.turn_budget;
+        let mut reply = self
+            .router
+            .start_turn(request, self.epoch, deadline, signal);
+        let mut chunker =
+            SentenceChunker::new(self.options.max_chunk_chars).with_eager_first_clause(24);
+        let mut tool_call = None;
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Step::Stop,
+                item = reply.next() => item,
+            };
+            let finished = !matches!(item, Some(TurnItem::Delta(_)));
+            let sentences = match item {
+                Some(TurnItem::Delta(ChatDelta::Text(t))) => {
+                    self.reporter.send(Payload::Token(t.clone()));
+                    chunker.push(&t)
+                }
+                Some(TurnItem::Delta(ChatDelta::ToolCall(call))) => {
+                    tool_call.get_or_insert(call);
+                    continue;
+                }
+                Some(TurnItem::Delta(_)) => continue,
+                Some(TurnItem::Restart { .. }) => {
+                    // Holds invariant 2.
+                    chunker.clear();
+                    tool_call = None;
+                    continue;
+                }
+                Some(TurnItem::Done { model }) => {
+                    self.reporter.send(Payload::Model(model));
+                    chunker.finish()
+                }
+                None => chunker.finish(),
+                Some(TurnItem::Failed(e)) => {
+                    if !self.spoke {
+                        self.reporter.send(Payload::Failed(e.to_string()));
+                        return Step::Stop;
+                    }
+                    chunker.finish()
+                }
+                Some(TurnItem::Cancelled(_)) => return Step::Stop,
+            };
+            for sentence in sentences {
+                let first = !self.spoke;
+                if self.speak(sentence).await == Step::Stop {
+                    return Step::Stop;
+                }
+                if first {
+                    reply.mark_audio_played();
+                }
+            }
+            if finished {
+                break;
+            }
+        }
+        drop(reply);
+        match (tool_call, flow) {
+            (Some(call), Some((flow, mut state, history, text))) => {
+                self.model_tool_call(flow, &mut state, call, history, text)
+                    .await
+            }
+            _ => Step::Go,
+        }
+    }
+
+    /// The model called a function of the node: run it like a fired one.
+    async fn model_tool_call(
+        &mut self,
+        flow: &Arc<Flow>,
+        state: &mut FlowState,
+        call: ToolCall,
+        history: &[ChatMessage],
+        text: &str,
+    ) -> Step {
+        let Some(function) = state
+            .current(flow)
+            .and_then(|n| n.functions.iter().find(|f| f.name == call.name))
+            .cloned()
+        else {
+            tracing::warn!(function = %call.name, "the model called a function the node does not offer");
+            return Step::Go;
+        };
+        let arguments = serde_json::from_str(&call.arguments).unwrap_or_default();
+        let now = crate::tools::time::now_local();
+        let ran = super::flow::call_function(flow, state, &function, arguments, self.epoch, now);
+        let (call, result) = (ran.call, ran.result);
+        if self.cancel.is_cancelled()
+            || !self.reporter.send(Payload::Tool {
+                call: call.clone(),
+                result: result.clone(),
+            })
+        {
+            return Step::Stop;
+        }
+        match ran.say {
+            Some(line) => self.say(&line).await,
+            None => {
+                let request = super::flow::model_request(
+                    flow,
+                    state,
+                    &self.options,
+                    history,
+                    text,
+                    Some((&call, &result)),
+                );
+                Box::pin(self.model(request, None)).await
+            }
+        }
     }
 }
 

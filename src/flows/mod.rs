@@ -24,7 +24,12 @@
 //!    "no" never matches inside "know"; the stored triggers are kept as
 //!    written and normalised at match time.
 
+pub mod matching;
+pub mod state;
 pub mod validate;
+
+pub use matching::{match_form, Choice};
+pub use state::FlowState;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -99,6 +104,18 @@ pub struct Function {
     /// Built-in tool that runs the function (see [`Handler`]).
     #[serde(default)]
     pub handler: Option<String>,
+    /// Regular expressions matched on the final transcript (case-insensitive,
+    /// see [`match_form`]); the first that matches fires the function, and
+    /// its named groups become the call's arguments.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Fixed arguments, merged over the matched or model-given ones;
+    /// `{slot}` placeholders are filled from the conversation's slots.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, String>,
+    /// Said after the function ran (a template: `{slot}` and `{result}`).
+    #[serde(default)]
+    pub say: Option<String>,
 }
 
 fn empty_parameters() -> serde_json::Value {
@@ -290,6 +307,16 @@ impl Flow {
         })
     }
 
+    /// The built-in open chat (`flows/assistant.toml`, compiled in): the
+    /// default flow when none is given.
+    pub fn assistant() -> Flow {
+        const TEXT: &str = include_str!("../../flows/assistant.toml");
+        // Validated by the test `the_built_in_assistant_flow_loads`.
+        Flow::parse("flows/assistant.toml", TEXT).unwrap_or_else(|e| {
+            unreachable!("the built-in flows/assistant.toml does not load: {e}")
+        })
+    }
+
     /// The initial node (exists by invariant #1; a `Flow` built by hand
     /// with a missing initial node makes this panic — use [`Flow::parse`]).
     pub fn initial(&self) -> &Node {
@@ -466,6 +493,17 @@ on_enter = { say = "Bye.", end_call = true }
         assert_eq!(
             f.initial().functions[0].parameters,
             serde_json::json!({"type": "object", "properties": {}})
+        );
+    }
+
+    #[test]
+    fn the_built_in_assistant_flow_loads() {
+        let f = Flow::assistant();
+        assert!(f.initial().is_final);
+        // Open chat with the embedded model's tuned prompt.
+        assert_eq!(
+            f.initial().role_prompt.trim(),
+            crate::agent::voice::DEFAULT_SYSTEM_PROMPT
         );
     }
 

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use super::state::placeholders;
 use super::{Handler, Problem, RawFlow};
 use crate::stt::normalize::normalize;
 
@@ -69,6 +70,22 @@ pub(crate) fn validate(flow: &RawFlow) -> Vec<Problem> {
             }
         }
     }
+
+    // Slots a template may use: every parameter and fixed argument of the flow.
+    let slots: BTreeSet<&str> = flow
+        .nodes
+        .values()
+        .flat_map(|n| &n.functions)
+        .flat_map(|f| {
+            let props = f
+                .parameters
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .into_iter()
+                .flat_map(|p| p.keys().map(String::as_str));
+            props.chain(f.arguments.keys().map(String::as_str))
+        })
+        .collect();
 
     for (name, node) in &flow.nodes {
         if initial_ok && !reached.contains(name.as_str()) {
@@ -133,6 +150,56 @@ pub(crate) fn validate(flow: &RawFlow) -> Vec<Problem> {
                     ),
                 ));
             }
+            let props = f.parameters.get("properties").and_then(|p| p.as_object());
+            for p in &f.patterns {
+                match super::matching::compile(p) {
+                    Err(e) => problems.push(node_problem(
+                        name,
+                        format!(
+                            "function \"{}\": pattern \"{p}\" is not a valid regular expression: {} (see docs/flows.md, Patterns)",
+                            f.name,
+                            e.to_string().lines().last().unwrap_or("syntax error").trim()
+                        ),
+                    )),
+                    Ok(re) => {
+                        for group in re.capture_names().flatten() {
+                            if !props.is_some_and(|p| p.contains_key(group)) {
+                                problems.push(node_problem(
+                                    name,
+                                    format!(
+                                        "function \"{}\": pattern group \"{group}\" is not a parameter (add it to parameters.properties)",
+                                        f.name
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(say) = &f.say {
+                for slot in placeholders(say) {
+                    if slot != "result" && !slots.contains(slot) {
+                        problems.push(node_problem(
+                            name,
+                            format!(
+                                "function \"{}\": say uses unknown slot {{{slot}}} ({})",
+                                f.name,
+                                slot_hint(&slots)
+                            ),
+                        ));
+                    }
+                }
+            }
+            for (key, template) in &f.arguments {
+                for slot in placeholders(template) {
+                    if !slots.contains(slot) {
+                        problems.push(node_problem(
+                            name,
+                            format!("function \"{}\": argument \"{key}\" uses unknown slot {{{slot}}} ({})", f.name, slot_hint(&slots)),
+                        ));
+                    }
+                }
+            }
             for t in &f.triggers {
                 if normalize(t).is_empty() {
                     problems.push(node_problem(
@@ -140,6 +207,19 @@ pub(crate) fn validate(flow: &RawFlow) -> Vec<Problem> {
                         format!(
                             "function \"{}\": trigger \"{t}\" has no words (use letters or digits)",
                             f.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(say) = &node.on_enter.say {
+            for slot in placeholders(say) {
+                if !slots.contains(slot) {
+                    problems.push(node_problem(
+                        name,
+                        format!(
+                            "on_enter.say uses unknown slot {{{slot}}} ({})",
+                            slot_hint(&slots)
                         ),
                     ));
                 }
@@ -155,6 +235,17 @@ pub(crate) fn validate(flow: &RawFlow) -> Vec<Problem> {
         }
     }
     problems
+}
+
+fn slot_hint(slots: &BTreeSet<&str>) -> String {
+    if slots.is_empty() {
+        "the flow declares no parameters".to_string()
+    } else {
+        format!(
+            "slots are the flow's parameters and arguments: {}",
+            slots.iter().copied().collect::<Vec<_>>().join(", ")
+        )
+    }
 }
 
 fn valid_function_name(name: &str) -> bool {

@@ -10,6 +10,9 @@
 //!    while the conversation goes on (nothing already written is touched).
 //! 3. The journal never stores API keys or configuration secrets: only the
 //!    conversation, timings and model names.
+//! 4. The `kv` table (the flows' key-value store) is written only from the
+//!    `kv_set` results of a committed round, in that round's transaction:
+//!    a value is there exactly when the turn that stored it is.
 
 use crate::llm::{ChatMessage, Role};
 use crate::turn::{CommittedRound, TurnTiming};
@@ -98,6 +101,13 @@ CREATE TABLE IF NOT EXISTS turns (
     committed_ms INTEGER NOT NULL,
     written_at INTEGER NOT NULL,
     PRIMARY KEY (session_id, idx)
+);
+CREATE TABLE IF NOT EXISTS kv (
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    turn_idx INTEGER NOT NULL,
+    PRIMARY KEY (session_id, key)
 );
 ";
 
@@ -251,6 +261,18 @@ impl Journal {
             ],
         )
         .map_err(err)?;
+        // What the round's `kv_set` calls stored, in the same transaction
+        // (invariant 4).
+        for m in round.messages.iter().filter(|m| m.role == Role::Tool) {
+            for (key, value) in crate::tools::kv::stored(&m.content).unwrap_or_default() {
+                tx.execute(
+                    "INSERT INTO kv (session_id, key, value, turn_idx) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (session_id, key) DO UPDATE SET value = ?3, turn_idx = ?4",
+                    params![session, key, value, idx],
+                )
+                .map_err(err)?;
+            }
+        }
         tx.commit().map_err(err)?;
         Ok(idx)
     }
@@ -331,6 +353,23 @@ impl Journal {
                     committed_ms: r.get(11)?,
                 })
             })
+            .map_err(|e| self.write_err(e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.write_err(e))
+    }
+
+    /// The key-value store of `session` (what its committed `kv_set` calls
+    /// stored), by key.
+    pub fn kv(
+        &self,
+        session: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM kv WHERE session_id = ?1 ORDER BY key")
+            .map_err(|e| self.write_err(e))?;
+        let rows = stmt
+            .query_map([session], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| self.write_err(e))?;
         rows.collect::<Result<_, _>>()
             .map_err(|e| self.write_err(e))

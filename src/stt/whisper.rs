@@ -126,8 +126,10 @@ pub fn find_worker() -> Option<PathBuf> {
 }
 
 impl WhisperStt {
-    /// Prepares the backend for the ggml model at `path` and starts the
-    /// worker (≈ 0.2–0.4 s), so a bad model fails here, not mid-conversation.
+    /// Prepares the backend for the ggml model at `path`, starts the worker
+    /// and warms it with one decode of near-silence (≈ 0.5–1 s in all), so a
+    /// bad model fails here, not mid-conversation, and the first turn is as
+    /// fast as the next.
     pub fn load(path: &Path, config: WhisperConfig) -> Result<Self, SttError> {
         if !path.is_file() {
             return Err(model_err(path, "file not found"));
@@ -151,6 +153,13 @@ impl WhisperStt {
             .map_err(|_| backend("worker lock poisoned"))?;
         *pipes = Some(stt.spawn()?);
         drop(pipes);
+        // The first decode of a fresh whisper.cpp context is about three
+        // times slower than the next ones (buffers, first graph): pay it
+        // here, at start, not in the caller's first turn.
+        let warm: Vec<i16> = (0..SAMPLE_RATE as usize)
+            .map(|i| ((i * 7919 % 61) as i16) - 30)
+            .collect();
+        request(&stt, &warm, stt.config.audio_ctx)?;
         Ok(stt)
     }
 
