@@ -483,6 +483,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&turns)?);
             } else {
                 print!("{}", colloquy::journal::render_trace(&turns));
+                let stored = j.kv(&session)?;
+                if !stored.is_empty() {
+                    println!("stored (kv_set):");
+                    for (key, value) in stored {
+                        println!("  {key} = {value}");
+                    }
+                }
             }
             Ok(())
         }

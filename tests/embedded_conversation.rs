@@ -12,35 +12,13 @@
 mod common;
 use colloquy::agent::stack::{StackOptions, VoiceStack};
 use colloquy::frame::Event;
-use colloquy::models::{ModelId, ModelStore};
 use colloquy::session::SessionConfig;
 use colloquy::stt::normalize::word_errors;
 use colloquy::transport::file::{replay, Pace, ReplayOptions};
 
-fn models_or_skip() -> Option<ModelStore> {
-    let store = ModelStore::from_env();
-    let missing: Vec<String> = ModelId::ALL
-        .iter()
-        .filter(|&&id| store.require(id).is_err())
-        .map(|id| id.to_string())
-        .collect();
-    if missing.is_empty() {
-        return Some(store);
-    }
-    let msg = format!(
-        "models missing in {}: {missing:?} (run `colloquy models fetch`)",
-        store.root().display()
-    );
-    if std::env::var("COLLOQUY_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
-        panic!("{msg}");
-    }
-    eprintln!("skipped: {msg}");
-    None
-}
-
 /// The default embedded stack on its own runtime, or `None` (skip).
 fn stack_or_skip() -> Option<(tokio::runtime::Runtime, VoiceStack)> {
-    let store = models_or_skip()?;
+    let store = common::models_or_skip()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

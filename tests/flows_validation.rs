@@ -251,6 +251,98 @@ triggers = ["?!"]
 }
 
 #[test]
+fn pattern_that_is_not_a_regular_expression_is_reported() {
+    let text = r#"
+initial_node = "a"
+[nodes.a]
+final = true
+[[nodes.a.functions]]
+name = "f"
+patterns = ['(?P<n>\d+']
+parameters = { type = "object", properties = { n = { type = "integer" } } }
+"#;
+    assert_one(
+        "x.toml",
+        text,
+        Some("a"),
+        "function \"f\": pattern \"(?P<n>\\d+\" is not a valid regular expression",
+    );
+}
+
+#[test]
+fn pattern_group_that_is_not_a_parameter_is_reported() {
+    let text = r#"
+initial_node = "a"
+[nodes.a]
+final = true
+[[nodes.a.functions]]
+name = "f"
+patterns = ['for (?P<guests>\d+)']
+parameters = { type = "object", properties = { party_size = { type = "integer" } } }
+"#;
+    assert_one(
+        "x.toml",
+        text,
+        Some("a"),
+        "function \"f\": pattern group \"guests\" is not a parameter",
+    );
+}
+
+#[test]
+fn say_with_an_unknown_slot_is_reported_with_the_known_slots() {
+    let text = r#"
+initial_node = "a"
+[nodes.a]
+[[nodes.a.functions]]
+name = "f"
+say = "Got {party_sise}, result {result}."
+transition_to = "b"
+parameters = { type = "object", properties = { party_size = { type = "integer" } } }
+[nodes.b]
+final = true
+"#;
+    assert_one(
+        "x.toml",
+        text,
+        Some("a"),
+        "function \"f\": say uses unknown slot {party_sise} (slots are the flow's parameters and arguments: party_size)",
+    );
+}
+
+#[test]
+fn on_enter_say_and_arguments_with_unknown_slots_are_reported() {
+    let text = r#"
+initial_node = "a"
+[nodes.a]
+[[nodes.a.functions]]
+name = "store"
+handler = "kv_set"
+arguments = { booking = "{name} at {when}" }
+transition_to = "b"
+parameters = { type = "object", properties = { name = { type = "string" } } }
+[nodes.b]
+final = true
+on_enter = { say = "Thanks {nme}." }
+"#;
+    let (_path, problems, shown) = problems("x.toml", text);
+    assert_eq!(problems.len(), 2, "{shown}");
+    assert_eq!(problems[0].node.as_deref(), Some("a"));
+    assert!(
+        problems[0]
+            .reason
+            .contains("argument \"booking\" uses unknown slot {when}"),
+        "{shown}"
+    );
+    assert_eq!(problems[1].node.as_deref(), Some("b"));
+    assert!(
+        problems[1]
+            .reason
+            .starts_with("on_enter.say uses unknown slot {nme}"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn toml_syntax_error_gives_line_and_column() {
     let text = "initial_node = \"a\"\n[nodes.a\nfinal = true\n";
     assert_one("x.toml", text, None, "TOML error at line 2, column");
@@ -329,11 +421,18 @@ fn restaurant_flow_moves_on_small_model_triggers() {
     let f = flow
         .match_trigger("greet", "Hi, I'd like to book a table please.")
         .unwrap();
-    assert_eq!(f.transition_to.as_deref(), Some("collect"));
+    assert_eq!(f.transition_to.as_deref(), Some("party"));
+    let c = flow.choose("party", "Four people, please.").unwrap();
+    assert_eq!(c.function.name, "set_party_size");
+    assert_eq!(c.arguments["party_size"], serde_json::json!(4));
+    let c = flow.choose("time", "At 7.30pm").unwrap();
+    assert_eq!(c.arguments["time"], serde_json::json!("7:30 pm"));
+    let c = flow.choose("name", "My name is Smith.").unwrap();
+    assert_eq!(c.arguments["name"], serde_json::json!("Smith"));
     let f = flow.match_trigger("confirm", "Yes, that's right.").unwrap();
     assert_eq!(f.name, "confirm_booking");
     assert_eq!(f.handler(), Some(colloquy::flows::Handler::KvSet));
-    assert!(flow.node("done").unwrap().on_enter.end_call);
+    assert!(flow.node("booked").unwrap().on_enter.end_call);
 }
 
 #[test]

@@ -156,7 +156,7 @@ impl WhisperStt {
         // The first decode of a fresh whisper.cpp context is about three
         // times slower than the next ones (buffers, first graph): pay it
         // here, at start, not in the caller's first turn.
-        let warm: Vec<i16> = (0..SAMPLE_RATE as usize)
+        let warm: Vec<i16> = (0..SAMPLE_RATE)
             .map(|i| ((i * 7919 % 61) as i16) - 30)
             .collect();
         request(&stt, &warm, stt.config.audio_ctx)?;

@@ -23,7 +23,7 @@ pub fn run(arguments: &Map<String, Value>) -> Result<String, ToolError> {
         .get("expression")
         .and_then(Value::as_str)
         .ok_or_else(|| ToolError::new("arithmetic", "missing string argument \"expression\""))?;
-    evaluate(expr).map(|v| format_number(v))
+    evaluate(expr).map(format_number)
 }
 
 /// The value of a spoken or written expression.

@@ -109,3 +109,26 @@ pub fn first_loud_frame(samples: &[i16], from: usize, level: f32) -> Option<usiz
         .find(|(_, &r)| r > level)
         .map(|(i, _)| i * 320)
 }
+
+/// The model store, or `None` (skip) when a model is missing; with
+/// `COLLOQUY_REQUIRE_MODELS=1` (CI) a missing model is a failure.
+pub fn models_or_skip() -> Option<colloquy::models::ModelStore> {
+    let store = colloquy::models::ModelStore::from_env();
+    let missing: Vec<String> = colloquy::models::ModelId::ALL
+        .iter()
+        .filter(|&&id| store.require(id).is_err())
+        .map(|id| id.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Some(store);
+    }
+    let msg = format!(
+        "models missing in {}: {missing:?} (run `colloquy models fetch`)",
+        store.root().display()
+    );
+    if std::env::var("COLLOQUY_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("skipped: {msg}");
+    None
+}
