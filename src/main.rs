@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use colloquy::agent::stack::{StackOptions, VoiceStack};
 use colloquy::agent::{parrot::ParrotAgent, Agent};
+use colloquy::flows::FlowError;
 use colloquy::session::SessionConfig;
 use colloquy::transport::file::{replay, Pace, ReplayOptions};
 use colloquy::vad::VadKind;
@@ -262,9 +263,10 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<colloquy::transport::file::ReplayError>()
-                .is_some()
-            {
+            let bad_input = e
+                .chain()
+                .any(|c| c.is::<colloquy::transport::file::ReplayError>() || c.is::<FlowError>());
+            if bad_input {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
@@ -357,7 +359,8 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
                         stt_threads: args.stt_threads,
                         stt_window: args.stt_window,
                         flow: Some(Arc::new(match &args.flow {
-                            Some(path) => colloquy::flows::Flow::load(path)?,
+                            Some(path) => colloquy::flows::Flow::load(path)
+                                .context("loading the flow (--flow)")?,
                             None => colloquy::flows::Flow::assistant(),
                         })),
                     };

@@ -477,5 +477,34 @@ fn the_example_in_docs_flows_md_validates() {
         + 8;
     let len = doc[start..].find("```").unwrap();
     let flow = Flow::parse("docs-example.toml", &doc[start..start + len]).unwrap();
-    assert_eq!(flow.nodes.len(), 3);
+    assert_eq!(flow.nodes.len(), 4);
+    // Its pattern fires with a typed argument, as the doc says.
+    let c = flow.choose("party", "We are five.").unwrap();
+    assert_eq!(c.arguments["party_size"], serde_json::json!(5));
+}
+
+#[test]
+fn a_broken_flow_given_to_the_cli_is_refused_with_exit_status_2() {
+    let (_dir, path) = write(
+        "broken.toml",
+        "initial_node = \"x\"\n[nodes.a]\nfinal = true\n",
+    );
+    let wav = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/conversation.wav");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_colloquy"))
+        .arg("replay")
+        .arg(&wav)
+        .arg("--no-journal")
+        .arg("--flow")
+        .arg(&path)
+        .output()
+        .expect("run colloquy");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: initial node \"x\" is not defined",
+            path.display()
+        )),
+        "{stderr}"
+    );
 }
