@@ -10,38 +10,14 @@
 //! is used.
 
 mod common;
-use colloquy::agent::stack::{StackOptions, VoiceStack};
 use colloquy::frame::Event;
 use colloquy::session::SessionConfig;
 use colloquy::stt::normalize::word_errors;
 use colloquy::transport::file::{replay, Pace, ReplayOptions};
 
-/// The default embedded stack on its own runtime, or `None` (skip).
-fn stack_or_skip() -> Option<(tokio::runtime::Runtime, VoiceStack)> {
-    let store = common::models_or_skip()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let stack = {
-        let _guard = runtime.enter();
-        VoiceStack::build(
-            &StackOptions {
-                llm_threads: 1,
-                stt_threads: 2,
-                ..StackOptions::default()
-            },
-            &store,
-        )
-        .expect("voice stack")
-    };
-    Some((runtime, stack))
-}
-
 #[test]
 fn two_spoken_questions_get_spoken_answers_offline() {
-    let Some((runtime, stack)) = stack_or_skip() else {
+    let Some((runtime, stack)) = common::stack_or_skip() else {
         return;
     };
     let agent = stack.agent(runtime.handle().clone());
@@ -144,7 +120,7 @@ fn two_spoken_questions_get_spoken_answers_offline() {
 /// answer is committed whole, not marked interrupted.
 #[test]
 fn a_backchannel_over_the_answer_is_a_false_interruption_and_the_bot_resumes() {
-    let Some((runtime, stack)) = stack_or_skip() else {
+    let Some((runtime, stack)) = common::stack_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

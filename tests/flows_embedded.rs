@@ -9,7 +9,7 @@
 //! test function so the two conversations never share the two cores.
 
 mod common;
-use colloquy::agent::stack::{StackOptions, VoiceStack};
+use colloquy::agent::stack::VoiceStack;
 use colloquy::agent::voice::{VoiceAgent, VoiceOptions};
 use colloquy::flows::Flow;
 use colloquy::frame::Event;
@@ -40,12 +40,7 @@ fn converse(
         },
         runtime.handle().clone(),
     ));
-    let mut pieces = vec![common::silence_ms(500, 1)];
-    for (i, (clip, gap)) in clips.iter().enumerate() {
-        pieces.push(common::load16k(&format!("speech/{clip}.wav")));
-        pieces.push(common::silence_ms(*gap, i as u32 + 2));
-    }
-    let (audio, _) = common::concat(&pieces);
+    let audio = common::caller(clips);
     let input = dir.join(format!("{flow}.wav"));
     common::write_wav16k(&input, &audio);
     let journal = dir.join("journal.sqlite");
@@ -71,17 +66,8 @@ fn said(report: &ReplayReport) -> Vec<String> {
 
 #[test]
 fn booking_and_clock_flows_work_on_the_embedded_models() {
-    let Some(store) = common::models_or_skip() else {
+    let Some((runtime, stack)) = common::stack_or_skip() else {
         return;
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let stack = {
-        let _g = runtime.enter();
-        VoiceStack::build(&StackOptions::default(), &store).expect("voice stack")
     };
     let dir = tempfile::tempdir().expect("tempdir");
 

@@ -132,12 +132,7 @@ fn run(flow: Arc<Flow>, clips: &[(&str, usize)], words: &[&'static str]) -> Run 
         },
         runtime.handle().clone(),
     ));
-    let mut pieces = vec![common::silence_ms(500, 1)];
-    for (i, (clip, gap_ms)) in clips.iter().enumerate() {
-        pieces.push(common::load16k(&format!("speech/{clip}.wav")));
-        pieces.push(common::silence_ms(*gap_ms, i as u32 + 2));
-    }
-    let (audio, _) = common::concat(&pieces);
+    let audio = common::caller(clips);
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("caller.wav");
     common::write_wav16k(&input, &audio);

@@ -189,37 +189,14 @@ pub fn clock_time(text: &str) -> Option<String> {
 }
 
 fn word_value(w: &str) -> Option<u64> {
-    const ONES: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ];
-    const TENS: [&str; 8] = [
-        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
+    use crate::stt::normalize::{ONES, TENS};
     if let Some(i) = ONES.iter().position(|&o| o == w) {
         return Some(i as u64);
     }
+    // TENS[0] and TENS[1] are empty (no "ten-ty").
     TENS.iter()
-        .position(|&t| t == w)
-        .map(|i| (i as u64 + 2) * 10)
+        .position(|&t| !t.is_empty() && t == w)
+        .map(|i| i as u64 * 10)
 }
 
 #[cfg(test)]

@@ -312,7 +312,7 @@ impl Flow {
     pub fn assistant() -> Flow {
         const TEXT: &str = include_str!("../../flows/assistant.toml");
         // Validated by the test `the_built_in_assistant_flow_loads`.
-        Flow::parse("flows/assistant.toml", TEXT).unwrap_or_else(|e| {
+        Flow::parse("flows/assistant.toml (built in)", TEXT).unwrap_or_else(|e| {
             unreachable!("the built-in flows/assistant.toml does not load: {e}")
         })
     }

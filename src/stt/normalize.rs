@@ -25,7 +25,7 @@ pub fn normalize(text: &str) -> String {
     words.join(" ")
 }
 
-const ONES: [&str; 20] = [
+pub(crate) const ONES: [&str; 20] = [
     "zero",
     "one",
     "two",
@@ -47,7 +47,7 @@ const ONES: [&str; 20] = [
     "eighteen",
     "nineteen",
 ];
-const TENS: [&str; 10] = [
+pub(crate) const TENS: [&str; 10] = [
     "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
 ];
 

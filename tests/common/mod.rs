@@ -132,3 +132,37 @@ pub fn models_or_skip() -> Option<colloquy::models::ModelStore> {
     eprintln!("skipped: {msg}");
     None
 }
+
+/// The default embedded stack on its own runtime, or `None` (skip).
+pub fn stack_or_skip() -> Option<(tokio::runtime::Runtime, colloquy::agent::stack::VoiceStack)> {
+    let store = models_or_skip()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stack = {
+        let _guard = runtime.enter();
+        colloquy::agent::stack::VoiceStack::build(
+            &colloquy::agent::stack::StackOptions {
+                llm_threads: 1,
+                stt_threads: 2,
+                ..colloquy::agent::stack::StackOptions::default()
+            },
+            &store,
+        )
+        .expect("voice stack")
+    };
+    Some((runtime, stack))
+}
+
+/// The caller's side of a conversation: half a second of room noise, then
+/// each speech asset (`speech/NAME.wav`) followed by its gap in ms.
+pub fn caller(clips: &[(&str, usize)]) -> Vec<i16> {
+    let mut pieces = vec![silence_ms(500, 1)];
+    for (i, (clip, gap_ms)) in clips.iter().enumerate() {
+        pieces.push(load16k(&format!("speech/{clip}.wav")));
+        pieces.push(silence_ms(*gap_ms, i as u32 + 2));
+    }
+    concat(&pieces).0
+}
