@@ -623,6 +623,10 @@ mod local {
         }
         match report.stop {
             StopReason::Requested => Ok(()),
+            StopReason::CallEnded => {
+                println!("the call ended (the flow hung up)");
+                Ok(())
+            }
             StopReason::DeviceLost(msg) => Err(anyhow::anyhow!(msg)),
         }
     }

@@ -54,7 +54,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (40u64..2500).prop_map(|ms| Op::UserSpeaks { ms }),
         4 => (1u32..80).prop_map(|frames| Op::Idle { frames }),
-        6 => (0usize..8, 0u8..6, 0u8..4).prop_map(|(pick, kind, words)| Op::Reply { pick, kind, words }),
+        6 => (0usize..8, 0u8..7, 0u8..4).prop_map(|(pick, kind, words)| Op::Reply { pick, kind, words }),
         1 => Just(Op::Unknown),
     ]
 }
@@ -234,6 +234,7 @@ impl Harness {
                         result: "noon".into(),
                     },
                     4 => Payload::Done,
+                    5 => Payload::EndCall,
                     _ => Payload::Failed("scripted failure".into()),
                 };
                 self.deliver(job.epoch, job.task, payload);
@@ -273,6 +274,20 @@ impl Harness {
         let now_ms = self.now_ms();
         self.coord.shutdown(now_ms);
         self.after_step();
+        // Invariant 7: at most one call_ended, never before the first event
+        // of its turn's commit.
+        let kinds: Vec<&str> = self.events.iter().map(|e| e.event.kind()).collect();
+        let ended: Vec<usize> = (0..kinds.len())
+            .filter(|&i| kinds[i] == "call_ended")
+            .collect();
+        if ended.len() > 1 {
+            self.violations
+                .push(format!("call_ended {} times", ended.len()));
+        }
+        if self.coord.call_ended() == ended.is_empty() {
+            self.violations
+                .push("call_ended() disagrees with the events".into());
+        }
         // Invariant 4: every dispatched task ended exactly once.
         let jobs = self.jobs.lock().expect("jobs").clone();
         for job in &jobs {

@@ -29,6 +29,8 @@ pub struct FlowTurn {
     /// The function fired by the transcript, with its result.
     pub tool: Option<(ToolCall, String)>,
     pub reply: FlowReply,
+    /// The flow is in a final node that hangs up: end the call after the reply.
+    pub end_call: bool,
 }
 
 /// How a flow turn answers.
@@ -57,6 +59,7 @@ pub fn plan_turn(
         return FlowTurn {
             tool: None,
             reply: FlowReply::Silent,
+            end_call: true,
         };
     }
     if let Some(choice) = flow.choose(&state.node, transcript) {
@@ -82,6 +85,7 @@ pub fn plan_turn(
         return FlowTurn {
             tool: Some((ran.call, ran.result)),
             reply,
+            end_call: state.ended(flow),
         };
     }
     // The opening line of the initial node answers the caller's first words
@@ -91,6 +95,7 @@ pub fn plan_turn(
         return FlowTurn {
             tool: None,
             reply: FlowReply::Say(state.render(say, None)),
+            end_call: false,
         };
     }
     FlowTurn {
@@ -98,6 +103,7 @@ pub fn plan_turn(
         reply: FlowReply::Model(model_request(
             flow, &state, options, history, transcript, None,
         )),
+        end_call: false,
     }
 }
 
@@ -282,6 +288,8 @@ on_enter = { say = "Goodbye.", end_call = true }
         let t = plan(&[], "OK bye");
         let (call, result) = t.tool.clone().unwrap();
         assert_eq!(t.reply, FlowReply::Say("Goodbye.".into()));
+        assert!(t.end_call);
+        assert!(!plan(&[], "What time is it?").end_call);
         let mut call_msg = ChatMessage::assistant("");
         call_msg.tool_calls = vec![call.clone()];
         let history = [
@@ -290,6 +298,8 @@ on_enter = { say = "Goodbye.", end_call = true }
             ChatMessage::tool_result(call.id, result),
             ChatMessage::assistant("Goodbye."),
         ];
-        assert_eq!(plan(&history, "Hello?").reply, FlowReply::Silent);
+        let after = plan(&history, "Hello?");
+        assert_eq!(after.reply, FlowReply::Silent);
+        assert!(after.end_call);
     }
 }

@@ -65,6 +65,9 @@ pub enum Payload {
         call: crate::llm::ToolCall,
         result: String,
     },
+    /// The agent ended the call with this turn: hang up once the turn is
+    /// committed (its reply played).
+    EndCall,
     /// The reply is complete.
     Done,
     /// The job failed; the message says why.
@@ -80,6 +83,7 @@ impl Payload {
             Payload::Model(_) => "model",
             Payload::Speech { .. } => "speech",
             Payload::Tool { .. } => "tool",
+            Payload::EndCall => "end_call",
             Payload::Done => "done",
             Payload::Failed(_) => "failed",
         }

@@ -182,7 +182,7 @@ impl Turn {
                 return Step::Stop;
             }
         }
-        match plan.reply {
+        let step = match plan.reply {
             FlowReply::Say(line) => self.say(&line).await,
             FlowReply::Model(request) => {
                 let state = FlowState::from_history(flow, history);
@@ -190,7 +190,11 @@ impl Turn {
                     .await
             }
             FlowReply::Silent => Step::Go,
+        };
+        if step == Step::Go && plan.end_call && !self.reporter.send(Payload::EndCall) {
+            return Step::Stop;
         }
+        step
     }
 
     /// Speaks a fixed line, sentence by sentence.
@@ -344,7 +348,8 @@ impl Turn {
         {
             return Step::Stop;
         }
-        match ran.say {
+        let ended = state.ended(flow);
+        let step = match ran.say {
             Some(line) => self.say(&line).await,
             None => {
                 let request = super::flow::model_request(
@@ -357,7 +362,11 @@ impl Turn {
                 );
                 Box::pin(self.model(request, None)).await
             }
+        };
+        if step == Step::Go && ended && !self.reporter.send(Payload::EndCall) {
+            return Step::Stop;
         }
+        step
     }
 }
 

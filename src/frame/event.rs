@@ -74,6 +74,9 @@ pub enum Event {
         assistant: String,
         interrupted: bool,
     },
+    /// The conversation is over (a flow hung up): sent once, after the
+    /// round that ended it was committed; transports close the call.
+    CallEnded { epoch: u64 },
     /// The user barged in over the bot; `spoken` is what the user heard.
     Interrupted {
         epoch: u64,
@@ -121,6 +124,7 @@ impl Event {
             Event::BotStartedSpeaking { .. } => "bot_started_speaking",
             Event::BotStoppedSpeaking { .. } => "bot_stopped_speaking",
             Event::Committed { .. } => "committed",
+            Event::CallEnded { .. } => "call_ended",
             Event::Interrupted { .. } => "interrupted",
             Event::ClearPlayback { .. } => "clear_playback",
             Event::FalseInterruption { .. } => "false_interruption",

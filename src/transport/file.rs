@@ -193,6 +193,10 @@ pub fn replay(
             }
             in_prod.push(&silence);
         }
+        if session.coordinator().call_ended() {
+            // The agent hung up: the rest of the recording is not heard.
+            break;
+        }
         if opts.pace == Pace::Real {
             let target = Duration::from_millis(session.now_ms() + FRAME_MS);
             if let Some(wait) = target.checked_sub(wall_start.elapsed()) {

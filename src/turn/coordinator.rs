@@ -125,6 +125,8 @@ struct Staging {
     first_token_ms: Option<u64>,
     first_audio_ms: Option<u64>,
     model: Option<String>,
+    /// The agent ended the call with this turn (hang up once committed).
+    end_call: bool,
 }
 
 impl Staging {
@@ -148,6 +150,7 @@ struct Suspended {
     spoken: String,
     timing: TurnTiming,
     model: Option<String>,
+    end_call: bool,
 }
 
 /// The turn coordinator. Single-threaded (invariant 6).
@@ -163,6 +166,7 @@ pub struct Coordinator {
     history: Vec<ChatMessage>,
     staging: Option<Staging>,
     suspended: Option<Suspended>,
+    call_ended: bool,
     in_flight: BTreeMap<TaskId, InFlight>,
     outcomes: BTreeMap<TaskId, Outcome>,
     state: TurnState,
@@ -197,6 +201,7 @@ impl Coordinator {
             history: Vec::new(),
             staging: None,
             suspended: None,
+            call_ended: false,
             in_flight: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             state: TurnState::Idle,
@@ -396,6 +401,7 @@ impl Coordinator {
             first_token_ms: None,
             first_audio_ms: None,
             model: None,
+            end_call: false,
         });
         self.state = TurnState::Thinking;
         self.emit(now_ms, Event::TurnOpened { epoch: self.epoch });
@@ -520,6 +526,11 @@ impl Coordinator {
                     st.tools.push((call, result));
                 }
             }
+            Payload::EndCall => {
+                if let Some(st) = self.staging.as_mut() {
+                    st.end_call = true;
+                }
+            }
             Payload::Done => {
                 self.in_flight.remove(&msg.task);
                 if let Some(st) = self.staging.as_mut() {
@@ -623,6 +634,7 @@ impl Coordinator {
                 spoken,
                 timing,
                 model: st.model,
+                end_call: st.end_call,
             });
         }
         self.state = TurnState::Idle;
@@ -676,6 +688,7 @@ impl Coordinator {
             first_token_ms: None,
             first_audio_ms: None,
             model: None,
+            end_call: s.end_call,
         };
         // Keep heard chunks in the text but not in the audio.
         staging.chunks.extend(s.chunks[..idx].iter().cloned());
@@ -706,6 +719,9 @@ impl Coordinator {
         };
         let messages = interrupted_round(&s);
         self.push_round(messages, true, s.timing, s.model, now_ms);
+        if s.end_call {
+            self.end_call(now_ms);
+        }
     }
 
     /// Drops the current (judging) turn: the bot resumes instead.
@@ -753,10 +769,31 @@ impl Coordinator {
         self.state = TurnState::Idle;
         if st.user_text.trim().is_empty() && st.chunks.is_empty() && st.tools.is_empty() {
             // No words and no reply (noise the VAD let through): nothing to keep.
+            if st.end_call {
+                self.end_call(now_ms);
+            }
             return;
         }
         let timing = st.timing();
         self.push_round(messages, interrupted, timing, st.model, now_ms);
+        if st.end_call {
+            self.end_call(now_ms);
+        }
+    }
+
+    /// The call is over (holds invariant 7): said once, after the round
+    /// that ended it was committed.
+    fn end_call(&mut self, now_ms: u64) {
+        if !self.call_ended {
+            self.call_ended = true;
+            self.emit(now_ms, Event::CallEnded { epoch: self.epoch });
+        }
+    }
+
+    /// True once an agent ended the call and that turn was committed; the
+    /// transport hangs up.
+    pub fn call_ended(&self) -> bool {
+        self.call_ended
     }
 
     fn commit_staging_prefix(&mut self, played: u64, now_ms: u64) {
@@ -778,6 +815,9 @@ impl Coordinator {
         messages.push(msg);
         let timing = st.timing();
         self.push_round(messages, true, timing, st.model, now_ms);
+        if st.end_call {
+            self.end_call(now_ms);
+        }
     }
 
     fn push_round(

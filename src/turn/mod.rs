@@ -24,6 +24,10 @@
 //!    tool leaves no orphaned call.
 //! 6. The coordinator is pure logic on one thread: its output depends only
 //!    on the sequence of calls, so replays are deterministic.
+//! 7. `call_ended` is emitted at most once, when the turn whose agent
+//!    reported `EndCall` ends: right after its committed round (so what the
+//!    caller heard of the goodbye is in the history before the transport
+//!    hangs up), or at once if the turn had nothing to commit.
 
 mod coordinator;
 pub mod playout;

@@ -146,6 +146,9 @@ pub enum LocalError {
 pub enum StopReason {
     /// The stop flag was set (Ctrl-C, SIGTERM).
     Requested,
+    /// The agent hung up (a flow reached a node with `end_call`), after its
+    /// goodbye had played.
+    CallEnded,
     /// A device failed or disappeared mid-run (message says which and why).
     DeviceLost(String),
 }
@@ -505,6 +508,10 @@ pub fn run(
 
     loop {
         if stop.load(Ordering::Acquire) {
+            break;
+        }
+        if session.coordinator().call_ended() {
+            stop_reason = StopReason::CallEnded;
             break;
         }
         // Device errors (invariant 3 for xruns, invariant 2 for the rest).
