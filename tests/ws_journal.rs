@@ -154,7 +154,10 @@ async fn expect_type(ws: &mut Ws, kind: &str) -> serde_json::Value {
         if v["type"] == kind {
             return v;
         }
-        assert_ne!(v["type"], "error", "unexpected error waiting for {kind}: {v}");
+        assert_ne!(
+            v["type"], "error",
+            "unexpected error waiting for {kind}: {v}"
+        );
     }
 }
 
@@ -186,7 +189,10 @@ async fn expect_close(ws: &mut Ws) -> Option<CloseCode> {
 async fn greeting(ws: &mut Ws) -> (serde_json::Value, serde_json::Value) {
     let hello = expect_type(ws, "hello").await;
     let history = next_json(ws).await.expect("history after hello");
-    assert_eq!(history["type"], "history", "history follows hello: {history}");
+    assert_eq!(
+        history["type"], "history",
+        "history follows hello: {history}"
+    );
     assert_eq!(history["session"], hello["session"]);
     (hello, history)
 }

@@ -198,7 +198,10 @@ pub(crate) async fn run_connection(
                     reason: "session in use".into(),
                 })),
             ];
-            shared.stats.messages_rejected.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .messages_rejected
+                .fetch_add(1, Ordering::Relaxed);
             let _ = flush(&mut socket, &mut out).await;
             return;
         }

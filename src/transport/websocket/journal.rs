@@ -278,7 +278,6 @@ mod tests {
         let first = j
             .claim(None, "parrot", "test", Duration::ZERO)
             .await
-            .ok()
             .expect("new session");
         let lease = first.lease.expect("lease");
         let id = lease.id().to_string();
@@ -315,7 +314,6 @@ mod tests {
             let claim = j
                 .claim(Some(id), "parrot", "test", Duration::ZERO)
                 .await
-                .ok()
                 .expect("a new session");
             assert_eq!(claim.error.as_ref().map(|e| e.code), Some(code), "{id}");
             let lease = claim.lease.expect("lease");
