@@ -213,7 +213,7 @@ struct ServeArgs {
     /// Close a connection that sends nothing for this long (s).
     #[arg(long, default_value_t = 120)]
     idle_secs: u64,
-    /// Write what each session heard to DIR/<session>-in.wav.
+    /// Write what each connection heard to DIR/<connection>-in.wav.
     #[arg(long, env = "COLLOQUY_WS_DUMP")]
     dump_dir: Option<PathBuf>,
     /// Each connection is one journal session; `--session ID` prints a page
