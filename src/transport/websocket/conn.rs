@@ -32,7 +32,7 @@
 //!    with it are queued, so its `committed` event follows the write
 //!    (journal invariant 2).
 
-use super::journal::SessionLease;
+use super::journal::{Claim, SessionLease};
 use super::protocol::{
     check_hello, parse_client_text, ClientMessage, ErrorCode, History, Pong, ProtocolError,
     ServerHello, PROTOCOL_VERSION,
@@ -187,7 +187,7 @@ pub(crate) async fn run_connection(
         _ = cancel.cancelled() => return,
         claim = claim_journal(&shared, resume.as_deref(), &agent_name, &id) => claim,
     };
-    let (journal, context, history, claim_error) = match claim {
+    let claim = match claim {
         Ok(c) => c,
         Err(refused) => {
             // Holds journal invariant 1: the id stays with its connection.
@@ -206,6 +206,7 @@ pub(crate) async fn run_connection(
             return;
         }
     };
+    let (context, history) = (claim.context(), claim.history());
     let limits = shared.config.rate_limit.clone();
     let now = Instant::now();
     let mut d = Driver {
@@ -222,11 +223,11 @@ pub(crate) async fn run_connection(
         state: "",
         user_speaking: false,
         shared,
-        journal,
+        journal: claim.lease,
         context,
     };
     tracing::info!(session = %id, journal = d.journal.as_ref().map(|j| j.id()), "session opened");
-    if let Some(e) = claim_error {
+    if let Some(e) = claim.error {
         d.error(e.code, e.message);
     }
     let conversation = d.journal.as_ref().map(|j| j.id().to_string());
@@ -290,15 +291,6 @@ pub(crate) async fn run_connection(
     tracing::info!(session = %id, "session closed");
 }
 
-/// What a connection starts from: its journal session, the resumed context,
-/// the resumed turns for `history`, and an error to tell the client first.
-type Start = (
-    Option<SessionLease>,
-    Vec<ChatMessage>,
-    Vec<super::protocol::HistoryTurn>,
-    Option<ProtocolError>,
-);
-
 /// Claims this connection's journal session (journal invariants 1 and 3);
 /// `Err` refuses the connection (the session is live elsewhere).
 async fn claim_journal(
@@ -306,22 +298,23 @@ async fn claim_journal(
     resume: Option<&str>,
     agent: &str,
     connection: &str,
-) -> Result<Start, ProtocolError> {
+) -> Result<Claim, ProtocolError> {
     let Some(journal) = &shared.journal else {
-        let error = resume.map(|_| {
-            ProtocolError::new(
-                ErrorCode::UnknownSession,
-                "this server keeps no journal (started with --no-journal), so no session can be resumed; a new conversation was started",
-            )
+        return Ok(Claim {
+            lease: None,
+            turns: Vec::new(),
+            error: resume.map(|_| {
+                ProtocolError::new(
+                    ErrorCode::UnknownSession,
+                    "this server keeps no journal (started with --no-journal), so no session can be resumed; a new conversation was started",
+                )
+            }),
         });
-        return Ok((None, Vec::new(), Vec::new(), error));
     };
     let source = format!("serve {connection}");
-    let claim = journal
+    journal
         .claim(resume, agent, &source, shared.config.resume_wait)
-        .await?;
-    let (context, history) = (claim.context(), claim.history());
-    Ok((claim.lease, context, history, claim.error))
+        .await
 }
 
 /// Sends everything queued (holds invariant 1: in order).

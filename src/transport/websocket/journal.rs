@@ -322,4 +322,26 @@ mod tests {
         // Every id was released again, the unknown one included.
         assert!(j.live().is_empty());
     }
+
+    #[tokio::test]
+    async fn a_resumed_session_sums_the_quarantined_results_of_its_connections() {
+        let (_dir, j) = journal();
+        let first = j
+            .claim(None, "parrot", "test", Duration::ZERO)
+            .await
+            .expect("new session");
+        let lease = first.lease.expect("lease");
+        let id = lease.id().to_string();
+        lease.finish(2);
+        drop(lease);
+        let again = j
+            .claim(Some(&id), "parrot", "test", Duration::ZERO)
+            .await
+            .expect("resumed");
+        assert!(again.error.is_none());
+        again.lease.expect("lease").finish(3);
+        let sessions = j.journal().sessions().expect("sessions");
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions[0].quarantined, 5);
+    }
 }
