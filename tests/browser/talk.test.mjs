@@ -312,6 +312,7 @@ try {
     interrupted: document.querySelectorAll('#transcript .msg.bot.history.interrupted').length,
   }));
   log('after reload', JSON.stringify(resumed));
+  await page.screenshot({ path: path.join(OUT, 'resumed.png') });
   check(resumed.session === first.session, 'the reloaded page resumed its session', resumed.session);
   check(
     resumed.historyTurns === first.committed && resumed.user === first.committed && resumed.bot === first.committed,
