@@ -3,7 +3,8 @@
 //! memory each session costs.
 //!
 //! For each N in `WS_LOAD_SESSIONS` (default `10,25,50,100,150,200,300`) a
-//! fresh server process (`colloquy serve --agent parrot`) is started; N
+//! fresh server process (`colloquy serve --agent parrot`, journal in a
+//! temporary directory, as every session is journaled by default) is started; N
 //! WebSocket clients each stream `assets/conversation.wav` (looped, each from
 //! a different offset so turns are spread) in real time, 20 ms per message,
 //! for `WS_LOAD_SECS` (default 12) seconds, and time every bot audio frame.
@@ -87,9 +88,12 @@ async fn server_stats(ws_url: &str) -> serde_json::Value {
 struct ServerProc {
     child: Child,
     url: String,
+    /// Holds the server's journal (each session is journaled, as by default).
+    _journal: tempfile::TempDir,
 }
 
 fn start_server(token: &str) -> ServerProc {
+    let journal = tempfile::tempdir().expect("journal dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_colloquy"))
         .args([
             "serve",
@@ -100,6 +104,8 @@ fn start_server(token: &str) -> ServerProc {
             "--max-sessions",
             "100000",
         ])
+        .arg("--journal")
+        .arg(journal.path().join("journal.sqlite"))
         .env("COLLOQUY_TOKEN", token)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -121,7 +127,11 @@ fn start_server(token: &str) -> ServerProc {
     let ws = url
         .replacen("http://", "ws://", 1)
         .replacen("/?token", "/ws?token", 1);
-    ServerProc { child, url: ws }
+    ServerProc {
+        child,
+        url: ws,
+        _journal: journal,
+    }
 }
 
 async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64) -> SessionResult {

@@ -218,9 +218,13 @@ struct ServeArgs {
     /// Close a connection that sends nothing for this long (s).
     #[arg(long, default_value_t = 120)]
     idle_secs: u64,
-    /// Write what each session heard to DIR/<session>-in.wav.
+    /// Write what each connection heard to DIR/<connection>-in.wav.
     #[arg(long, env = "COLLOQUY_WS_DUMP")]
     dump_dir: Option<PathBuf>,
+    /// Each connection is one journal session; `--session ID` prints a page
+    /// URL that resumes ID (a reloaded page resumes its own).
+    #[command(flatten)]
+    journal: JournalArgs,
     #[command(flatten)]
     pipeline: PipelineArgs,
 }
@@ -236,6 +240,16 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     config.idle_timeout = Duration::from_secs(args.idle_secs);
     config.dump_dir = args.dump_dir;
     config.session = session_config(&args.pipeline);
+    config.journal = args.journal.path();
+    let resume = match (&args.journal.session, &config.journal) {
+        (Some(id), Some(path)) => {
+            // Checked now, not when the page connects.
+            colloquy::journal::Journal::open(path)?.turns(id)?;
+            Some(id.clone())
+        }
+        (Some(_), None) => anyhow::bail!("--session needs a journal; drop --no-journal"),
+        (None, _) => None,
+    };
     build_agent(&args.pipeline)?;
     let pipeline = args.pipeline.clone();
     let agents: AgentFactory = Arc::new(move || {
@@ -247,7 +261,10 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(serve(config, agents, |server| {
         println!("colloquy is listening. Open this page and press the mic button:");
-        println!("  {}", server.page_url());
+        match &resume {
+            Some(id) => println!("  {}&session={id}", server.page_url()),
+            None => println!("  {}", server.page_url()),
+        }
         println!("(Ctrl-C to stop)");
     }))?;
     Ok(())

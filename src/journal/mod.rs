@@ -277,11 +277,12 @@ impl Journal {
         Ok(idx)
     }
 
-    /// Records the session's quarantined-result count (at session end).
+    /// Adds a run's quarantined-result count to the session's (at the end
+    /// of each run: a resumed session sums them).
     pub fn finish_session(&mut self, session: &str, quarantined: u64) -> Result<(), JournalError> {
         self.conn
             .execute(
-                "UPDATE sessions SET quarantined = ?2 WHERE id = ?1",
+                "UPDATE sessions SET quarantined = quarantined + ?2 WHERE id = ?1",
                 params![session, quarantined as i64],
             )
             .map_err(|e| self.write_err(e))?;

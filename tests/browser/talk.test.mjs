@@ -10,13 +10,15 @@
 //   3. the interruption cleared playback (clear_playback reached the page's
 //      jitter buffer and no more of the old reply played),
 //   4. the transcript shows both sides, with the interrupted reply marked,
+//   5. after a reload the page resumes its conversation: the server's
+//      `history` is drawn in the transcript (the journal's committed turns),
 // and saves a screenshot of the page (docs/screenshot.png).
 //
 // Usage: node talk.test.mjs --bin PATH/colloquy --mic FILE.wav --out DIR
 //        [--screenshot docs/screenshot.png] [--chromium /usr/bin/chromium]
 
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -143,11 +145,11 @@ function bestAlignment(fileEnv, gotEnv) {
 
 // ---- server ------------------------------------------------------------------------
 
-function startServer(dumpDir) {
+function startServer(dumpDir, journal) {
   const token = 'browser-test-token-' + Math.random().toString(16).slice(2);
   const child = spawn(
     BIN,
-    ['serve', '--bind', '127.0.0.1:0', '--agent', 'parrot', '--dump-dir', dumpDir],
+    ['serve', '--bind', '127.0.0.1:0', '--agent', 'parrot', '--dump-dir', dumpDir, '--journal', journal],
     { env: { ...process.env, COLLOQUY_TOKEN: token, COLLOQUY_LOG: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let stderr = '';
@@ -181,7 +183,8 @@ async function waitFor(page, fn, what, timeoutMs) {
 
 const dumpDir = path.join(OUT, 'dump');
 fs.mkdirSync(dumpDir, { recursive: true });
-const server = startServer(dumpDir);
+const journal = path.join(OUT, 'journal.sqlite');
+const server = startServer(dumpDir, journal);
 let context;
 let exitCode = 1;
 try {
@@ -292,6 +295,33 @@ try {
     log('screenshot:', SCREENSHOT);
   }
 
+  // End the session, reload, talk again: the page resumes its conversation
+  // and draws the committed turns (the fake microphone is silent by now).
+  const first = { session: s.session, connection: s.connection, committed: s.events.committed || 0 };
+  await page.click('#mic');
+  await waitFor(page, () => window.colloquyStats.closed !== null, 'the first connection to close', 5000);
+  await page.reload();
+  await page.click('#mic');
+  await waitFor(page, () => window.colloquyStats.historyTurns !== null, 'the history after the reload', 15000);
+  const resumed = await page.evaluate(() => ({
+    session: window.colloquyStats.session,
+    historyTurns: window.colloquyStats.historyTurns,
+    errors: window.colloquyStats.errors,
+    user: document.querySelectorAll('#transcript .msg.user.history').length,
+    bot: document.querySelectorAll('#transcript .msg.bot.history').length,
+    interrupted: document.querySelectorAll('#transcript .msg.bot.history.interrupted').length,
+  }));
+  log('after reload', JSON.stringify(resumed));
+  await page.screenshot({ path: path.join(OUT, 'resumed.png') });
+  check(resumed.session === first.session, 'the reloaded page resumed its session', resumed.session);
+  check(
+    resumed.historyTurns === first.committed && resumed.user === first.committed && resumed.bot === first.committed,
+    'the reloaded page shows every committed turn',
+    `${resumed.historyTurns} history turns, ${first.committed} committed before`,
+  );
+  check(resumed.interrupted >= 1, 'the history shows the interrupted reply', `${resumed.interrupted}`);
+  check(resumed.errors.length === 0, 'no error events after the reload', JSON.stringify(resumed.errors));
+
   // End the session; the server finishes the dump of what it heard.
   await page.click('#mic');
   await new Promise((r) => setTimeout(r, 500));
@@ -300,10 +330,20 @@ try {
   server.child.kill('SIGINT');
   await new Promise((r) => server.child.once('exit', r));
 
+  const sessions = spawnSync(BIN, ['sessions', '--journal', journal, '--json'], { encoding: 'utf8' });
+  const listed = sessions.status === 0 ? JSON.parse(sessions.stdout) : [];
+  const kept = listed.find((x) => x.id === first.session);
+  check(
+    listed.length === 1 && kept && kept.turns === first.committed,
+    'the journal holds one session with every committed turn',
+    sessions.status === 0 ? JSON.stringify(listed) : sessions.stderr,
+  );
+
   const dumps = fs.readdirSync(dumpDir).filter((f) => f.endsWith('-in.wav'));
-  check(dumps.length === 1, 'the server dumped one session', dumps.join(','));
-  if (dumps.length >= 1) {
-    const got = readWavMono16(path.join(dumpDir, dumps[0]));
+  const dump = `${first.connection}-in.wav`;
+  check(dumps.includes(dump), 'the server dumped the first connection', dumps.join(','));
+  if (dumps.includes(dump)) {
+    const got = readWavMono16(path.join(dumpDir, dump));
     const file = readWavMono16(MIC);
     const best = bestAlignment(activePart(envelope(file)), envelope(got));
     check(

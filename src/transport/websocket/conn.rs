@@ -13,6 +13,10 @@
 //!   person hears within `lead` plus the page's buffer.
 //! - Events: every session event is forwarded as JSON text, plus `state`
 //!   changes (listening, user_speaking, thinking, speaking).
+//! - Journal: before its `hello` the connection claims a journal session
+//!   (new, or resumed from `?session=`; [`super::journal`]); the resumed
+//!   turns are the session's starting context and are sent as `history`
+//!   right after the `hello`; each committed round is written when drained.
 //!
 //! # Invariants
 //! 1. Within one step, events are sent before audio read after them, so a
@@ -24,16 +28,21 @@
 //!    never the session's state; a client that goes on misbehaving (flood,
 //!    oversized frames beyond the hard cap, idle) is closed with a close
 //!    frame after an error event.
+//! 4. A committed round is written to the journal before the events drained
+//!    with it are queued, so its `committed` event follows the write
+//!    (journal invariant 2).
 
+use super::journal::{Claim, SessionLease};
 use super::protocol::{
-    check_hello, parse_client_text, ClientMessage, ErrorCode, Pong, ProtocolError, ServerHello,
-    PROTOCOL_VERSION,
+    check_hello, parse_client_text, ClientMessage, ErrorCode, History, Pong, ProtocolError,
+    ServerHello, PROTOCOL_VERSION,
 };
 use super::{ServerShared, ServerStats};
 use crate::agent::CostMode;
 use crate::audio::resample::f32_to_i16;
 use crate::audio::{input_ring, output_ring, InputProducer, OutputConsumer};
 use crate::frame::{AudioFrame, Event, TimedEvent, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};
+use crate::llm::ChatMessage;
 use crate::session::{Pacing, Session};
 use crate::turn::TurnState;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -155,6 +164,12 @@ struct Driver {
     sent_until: Instant,
     state: &'static str,
     user_speaking: bool,
+    /// The journal session this conversation is written to (none: not
+    /// journaled).
+    journal: Option<SessionLease>,
+    /// The resumed conversation, the session's starting context (taken
+    /// when the session is built).
+    context: Vec<ChatMessage>,
 }
 
 /// Runs one connection to its end.
@@ -162,11 +177,36 @@ pub(crate) async fn run_connection(
     mut socket: WebSocket,
     shared: Arc<ServerShared>,
     slot: SessionSlot,
+    resume: Option<String>,
 ) {
     let _slot = slot;
     let id = format!("s{:08x}", rand::random::<u32>());
     let cancel = shared.cancel.child_token();
     let agent_name = (shared.agents)().name().to_string();
+    let claim = tokio::select! {
+        _ = cancel.cancelled() => return,
+        claim = claim_journal(&shared, resume.as_deref(), &agent_name, &id) => claim,
+    };
+    let claim = match claim {
+        Ok(c) => c,
+        Err(refused) => {
+            // Holds journal invariant 1: the id stays with its connection.
+            let mut out = vec![
+                Message::Text(refused.to_json().into()),
+                Message::Close(Some(CloseFrame {
+                    code: CLOSE_POLICY,
+                    reason: "session in use".into(),
+                })),
+            ];
+            shared
+                .stats
+                .messages_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = flush(&mut socket, &mut out).await;
+            return;
+        }
+    };
+    let (context, history) = (claim.context(), claim.history());
     let limits = shared.config.rate_limit.clone();
     let now = Instant::now();
     let mut d = Driver {
@@ -183,12 +223,20 @@ pub(crate) async fn run_connection(
         state: "",
         user_speaking: false,
         shared,
+        journal: claim.lease,
+        context,
     };
-    tracing::info!(session = %id, "session opened");
+    tracing::info!(session = %id, journal = d.journal.as_ref().map(|j| j.id()), "session opened");
+    if let Some(e) = claim.error {
+        d.error(e.code, e.message);
+    }
+    let conversation = d.journal.as_ref().map(|j| j.id().to_string());
     let hello = ServerHello {
         kind: "hello".into(),
         version: PROTOCOL_VERSION,
-        session: id.clone(),
+        session: conversation.clone().unwrap_or_else(|| id.clone()),
+        resumable: conversation.is_some(),
+        connection: id.clone(),
         output_rate: SAMPLE_RATE,
         input_rate: SAMPLE_RATE,
         frame_ms: FRAME_MS,
@@ -196,6 +244,13 @@ pub(crate) async fn run_connection(
         agent: agent_name,
     };
     d.push_json(&hello);
+    if let Some(session) = conversation {
+        d.push_json(&History {
+            kind: "history".into(),
+            session,
+            turns: history,
+        });
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(FRAME_MS));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let end = loop {
@@ -234,6 +289,32 @@ pub(crate) async fn run_connection(
         let _ = flush(&mut socket, &mut d.out).await;
     }
     tracing::info!(session = %id, "session closed");
+}
+
+/// Claims this connection's journal session (journal invariants 1 and 3);
+/// `Err` refuses the connection (the session is live elsewhere).
+async fn claim_journal(
+    shared: &ServerShared,
+    resume: Option<&str>,
+    agent: &str,
+    connection: &str,
+) -> Result<Claim, ProtocolError> {
+    let Some(journal) = &shared.journal else {
+        return Ok(Claim {
+            lease: None,
+            turns: Vec::new(),
+            error: resume.map(|_| {
+                ProtocolError::new(
+                    ErrorCode::UnknownSession,
+                    "this server keeps no journal (started with --no-journal), so no session can be resumed; a new conversation was started",
+                )
+            }),
+        });
+    };
+    let source = format!("serve {connection}");
+    journal
+        .claim(resume, agent, &source, shared.config.resume_wait)
+        .await
 }
 
 /// Sends everything queued (holds invariant 1: in order).
@@ -413,7 +494,7 @@ impl Driver {
         let (out_prod, output) = output_ring(SAMPLE_RATE as usize / 2);
         let agent = (self.shared.agents)();
         let session = match Session::new(config, agent, in_cons, out_prod) {
-            Ok(s) => s,
+            Ok(s) => s.with_history(std::mem::take(&mut self.context)),
             Err(e) => {
                 self.fatal(
                     ErrorCode::Internal,
@@ -538,6 +619,11 @@ impl Driver {
                 }
             }
         });
+        // Holds invariant 4: the journal before the events.
+        let rounds = live.session.drain_committed();
+        if let Some(j) = &self.journal {
+            j.record(&mut live.session, &rounds);
+        }
         let events: Vec<TimedEvent> = live.session.drain_events().collect();
         let coord_state = live.session.coordinator().state();
         let now_ms = live.session.now_ms();
@@ -603,11 +689,17 @@ impl Driver {
         }
     }
 
-    /// Ends the session: cancels tasks, commits what was heard, forwards the
-    /// last events, closes the dump.
+    /// Ends the session: cancels tasks, commits what was heard (to the
+    /// journal too), forwards the last events, closes the dump. The journal
+    /// lease is released when the driver drops.
     fn finish(&mut self) {
         if let Some(mut live) = self.live.take() {
             live.session.shutdown();
+            let rounds = live.session.drain_committed();
+            if let Some(j) = &self.journal {
+                j.record(&mut live.session, &rounds);
+                j.finish(live.session.coordinator().quarantined());
+            }
             let events: Vec<TimedEvent> = live.session.drain_events().collect();
             for e in &events {
                 self.push_json(e);

@@ -9,6 +9,10 @@
 //! size limit, connections a rate limit and an idle timeout, the server a
 //! maximum number of sessions.
 //!
+//! Journal: with [`ServeConfig::journal`] set, the server opens the journal
+//! once at start ([`journal::ServerJournal`]); each connection is one
+//! journal session, new or resumed with `?session=ID` (`docs/protocol.md`).
+//!
 //! Shutdown: the future given to [`Server::run`] resolving cancels
 //! `ServerShared::cancel`, the root of every connection's token; each
 //! connection then ends its session, sends a close frame and returns; `run`
@@ -27,6 +31,7 @@
 //!    `active_sessions <= max_sessions` at all times.
 
 pub mod conn;
+pub mod journal;
 pub mod protocol;
 
 use crate::agent::Agent;
@@ -104,6 +109,13 @@ pub struct ServeConfig {
     pub dump_dir: Option<PathBuf>,
     /// How far ahead of real time bot audio is sent (the client's buffer).
     pub lead: Duration,
+    /// Journal of committed turns (none: conversations are not kept and
+    /// cannot be resumed).
+    pub journal: Option<PathBuf>,
+    /// How long a connection resuming a session waits for another
+    /// connection holding it to end (a reloading page's old socket) before
+    /// it is refused with `session_in_use`.
+    pub resume_wait: Duration,
 }
 
 impl ServeConfig {
@@ -120,6 +132,8 @@ impl ServeConfig {
             session: SessionConfig::default(),
             dump_dir: None,
             lead: Duration::from_millis(100),
+            journal: None,
+            resume_wait: Duration::from_secs(2),
         }
     }
 }
@@ -149,6 +163,8 @@ pub enum ServeError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -183,6 +199,8 @@ pub(crate) struct ServerShared {
     pub cancel: CancellationToken,
     /// Every connection task; `run` waits on it at shutdown.
     pub tracker: TaskTracker,
+    /// The journal, opened once at bind (none: not journaling).
+    pub journal: Option<Arc<journal::ServerJournal>>,
 }
 
 /// A bound, not yet running server.
@@ -203,6 +221,11 @@ impl Server {
                 cause,
             })?;
         }
+        // Refused at start, before the port is taken (journal invariant 2).
+        let journal = match &config.journal {
+            Some(path) => Some(Arc::new(journal::ServerJournal::open(path)?)),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
             .map_err(|cause| ServeError::Bind {
@@ -219,6 +242,7 @@ impl Server {
                 local_addr,
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                journal,
             }),
         })
     }
@@ -462,9 +486,14 @@ async fn ws_handler(
     let hard_cap = config.max_message_bytes.saturating_mul(4).max(1024);
     let tracker = shared.tracker.clone();
     let shared2 = shared.clone();
+    // Checked by the connection, which answers with an error event (a
+    // browser cannot read the body of a refused upgrade).
+    let resume = query.get("session").cloned();
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| tracker.track_future(conn::run_connection(socket, shared2, slot)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(conn::run_connection(socket, shared2, slot, resume))
+        })
 }
 
 async fn stats_handler(

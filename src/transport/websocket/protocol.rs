@@ -3,7 +3,7 @@
 //! Binary messages carry audio: PCM16 little-endian mono. Text messages are
 //! JSON objects with a `type` tag; the server forwards every session
 //! [`crate::frame::TimedEvent`] unchanged (same encoding as the JSONL log) and
-//! adds its own `hello` and `error` messages defined here.
+//! adds its own `hello`, `history`, `pong` and `error` messages defined here.
 //!
 //! # Invariants
 //! 1. Every server error is one JSON text message `{"type":"error",
@@ -50,8 +50,15 @@ pub struct ServerHello {
     #[serde(rename = "type")]
     pub kind: String,
     pub version: u32,
-    /// Session id (for logs and dumps).
+    /// The conversation's id: its journal session when the server keeps a
+    /// journal (a client sends it back as `?session=` to resume), else the
+    /// connection's id.
     pub session: String,
+    /// Whether `session` can be resumed (the server keeps a journal and this
+    /// conversation is written to it).
+    pub resumable: bool,
+    /// This connection's id (logs, `--dump-dir` files).
+    pub connection: String,
     /// Rate of the audio the server sends (Hz).
     pub output_rate: u32,
     /// Rate assumed for client audio until a `hello` says otherwise (Hz).
@@ -60,6 +67,26 @@ pub struct ServerHello {
     /// Largest message the server accepts (bytes).
     pub max_message_bytes: usize,
     pub agent: String,
+}
+
+/// One committed turn of a resumed conversation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryTurn {
+    pub user: String,
+    /// What the user heard of the reply.
+    pub assistant: String,
+    pub interrupted: bool,
+}
+
+/// The committed turns of the conversation, sent right after the `hello`
+/// when the server keeps a journal (empty for a new conversation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Always `"history"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub session: String,
+    pub turns: Vec<HistoryTurn>,
 }
 
 /// The server's answer to `ping`.
@@ -93,6 +120,17 @@ pub enum ErrorCode {
     RateLimited,
     /// Nothing received for the idle timeout; the connection closes.
     IdleTimeout,
+    /// The `session` query parameter is not a well-formed id; a new
+    /// conversation was started.
+    BadSession,
+    /// The `session` query parameter names no session of this server's
+    /// journal (or the server keeps none); a new conversation was started.
+    UnknownSession,
+    /// The named session is open in another connection; this one closes.
+    SessionInUse,
+    /// The journal failed: the conversation goes on, not (or no longer)
+    /// journaled.
+    Journal,
     /// The session could not be built or failed.
     Internal,
 }

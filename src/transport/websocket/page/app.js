@@ -9,6 +9,9 @@ const $ = (id) => document.getElementById(id);
 const stats = {
   connected: false,
   session: null,
+  connection: null,
+  resumable: false,
+  historyTurns: null,
   sentFrames: 0,
   sentBytes: 0,
   receivedFrames: 0,
@@ -28,8 +31,30 @@ const stats = {
 };
 window.colloquyStats = stats;
 
-const token = new URLSearchParams(location.search).get('token') || '';
+const params = new URLSearchParams(location.search);
+const token = params.get('token') || '';
 let running = null; // { ctx, stream, ws, capture, playback }
+
+// ---- the conversation id ------------------------------------------------------
+// Kept per tab (sessionStorage: a reload resumes it, another tab starts its
+// own); a `session` in the page URL names one to resume the first time.
+
+const SESSION_KEY = 'colloquy.session';
+
+function storedSession() {
+  try {
+    return sessionStorage.getItem(SESSION_KEY) || params.get('session') || null;
+  } catch {
+    return params.get('session') || null;
+  }
+}
+
+function storeSession(id) {
+  try {
+    if (id) sessionStorage.setItem(SESSION_KEY, id);
+    else sessionStorage.removeItem(SESSION_KEY);
+  } catch {}
+}
 
 // ---- conversation model ----------------------------------------------------
 
@@ -112,6 +137,48 @@ function fmtSecs(ms) {
 
 function setMeta(b, parts) {
   b.meta.textContent = parts.filter(Boolean).join(' · ');
+}
+
+// The committed turns of a resumed conversation: the transcript starts over
+// from them (the live turns of an earlier connection are among them).
+function renderHistory(history) {
+  const list = $('transcript');
+  list.textContent = '';
+  turns.clear();
+  latencyArrivedAt = new Map();
+  pendingUser = null;
+  currentBotEpoch = null;
+  stats.historyTurns = history.length;
+  if (history.length === 0) {
+    const empty = document.createElement('li');
+    empty.className = 'empty';
+    empty.textContent = "Your words and the bot's replies appear here.";
+    list.append(empty);
+  }
+  history.forEach((h, i) => {
+    const u = bubble('user');
+    u.li.classList.add('history');
+    setUserText(u, h.user || '(audio)', false);
+    const b = bubble('bot');
+    b.li.classList.add('history');
+    b.text = h.assistant;
+    if (h.interrupted) {
+      b.spoken = h.assistant;
+      b.li.classList.add('interrupted');
+      setMeta(b, ['interrupted']);
+    }
+    setBotBody(b);
+    // Negative epochs: never those of the live conversation.
+    turns.set(-1 - i, { epoch: -1 - i, user: u, bot: b, latency: null, spans: [], playMs: null, row: null });
+  });
+  const box = $('waterfall');
+  box.textContent = '';
+  const empty = document.createElement('div');
+  empty.className = 'empty';
+  empty.textContent = 'Each answered turn adds a row.';
+  box.append(empty);
+  $('latency-summary').textContent = '';
+  updateTurnCount();
 }
 
 function updateTurnCount() {
@@ -202,7 +269,13 @@ function onEvent(ev) {
   switch (ev.type) {
     case 'hello':
       stats.session = ev.session;
+      stats.connection = ev.connection;
+      stats.resumable = !!ev.resumable;
+      storeSession(ev.resumable ? ev.session : null);
       $('agent').textContent = `agent: ${ev.agent} · session ${ev.session}`;
+      break;
+    case 'history':
+      renderHistory(ev.turns || []);
       break;
     case 'state':
       setState(ev.state);
@@ -302,6 +375,8 @@ function onEvent(ev) {
     case 'error':
       stats.errors.push(ev);
       toast(ev.message || 'error', ev.code || ev.source);
+      // Open in another tab: the next press starts a new conversation.
+      if (ev.code === 'session_in_use') storeSession(null);
       break;
     default:
       break;
@@ -393,7 +468,9 @@ async function start() {
     playback.port.onmessage = (e) => onPlaybackMessage(e.data);
 
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const ws = new WebSocket(`${proto}//${location.host}/ws?token=${encodeURIComponent(token)}`);
+    const resume = storedSession();
+    const query = `token=${encodeURIComponent(token)}` + (resume ? `&session=${encodeURIComponent(resume)}` : '');
+    const ws = new WebSocket(`${proto}//${location.host}/ws?${query}`);
     ws.binaryType = 'arraybuffer';
     running = { ctx, stream, ws, capture, playback, source };
     window.colloquyRunning = true;

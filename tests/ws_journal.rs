@@ -1,0 +1,395 @@
+//! `colloquy serve` and the journal (issue 10): each WebSocket connection is
+//! one journal session; a client that reconnects with `?session=ID` gets the
+//! committed turns as a `history` message, the resumed pipeline starts from
+//! them, and its next turns are appended to the same session. An unknown or
+//! malformed id gets an error and a new session; an id live in another
+//! connection is refused; a journal write that fails becomes an error event
+//! while the conversation goes on.
+//!
+//! Each test runs a server in-process on 127.0.0.1 port 0 with the parrot
+//! agent (wrapped to record the history each turn starts from) and a journal
+//! in a temporary directory, and talks to it with tokio-tungstenite.
+//!
+//! # Invariants
+//! 1. No sleeps: every wait is for an expected message, bounded by a
+//!    timeout. A turn is looked up in the journal only after its `committed`
+//!    event arrived (the server writes before it sends, conn invariant 4).
+
+use colloquy::agent::parrot::{ParrotAgent, PARROT_TEXT};
+use colloquy::agent::{Agent, Reporter, TurnJob};
+use colloquy::audio::{read_wav, resample_to_16k};
+use colloquy::journal::Journal;
+use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server};
+use futures::{SinkExt, StreamExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The parrot, recording the length of the history each turn starts from.
+struct RecordingParrot {
+    histories: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Agent for RecordingParrot {
+    fn name(&self) -> &str {
+        "parrot"
+    }
+
+    fn start(&self, job: TurnJob, reporter: Reporter) {
+        if let Ok(mut h) = self.histories.lock() {
+            h.push(job.history.len());
+        }
+        ParrotAgent.start(job, reporter);
+    }
+
+    fn transcribes(&self) -> bool {
+        false
+    }
+}
+
+struct TestServer {
+    base: String,
+    token: String,
+    journal: PathBuf,
+    histories: Arc<Mutex<Vec<usize>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start(tune: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = dir.path().join("journal.sqlite");
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+        config.journal = Some(journal.clone());
+        tune(&mut config);
+        let token = config.token.clone();
+        let histories = Arc::new(Mutex::new(Vec::new()));
+        let recorded = histories.clone();
+        let agents: AgentFactory = Arc::new(move || {
+            Arc::new(RecordingParrot {
+                histories: recorded.clone(),
+            }) as Arc<dyn Agent>
+        });
+        let server = Server::bind(config, agents).await.expect("bind");
+        let base = format!("ws://{}/ws", server.local_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server run");
+        });
+        Self {
+            base,
+            token,
+            journal,
+            histories,
+            stop: Some(tx),
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn connect(&self, session: Option<&str>) -> Ws {
+        let mut url = format!("{}?token={}", self.base, self.token);
+        if let Some(s) = session {
+            url.push_str("&session=");
+            url.push_str(s);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        ws
+    }
+
+    fn histories(&self) -> Vec<usize> {
+        self.histories.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("server stops")
+            .expect("server task");
+    }
+}
+
+/// Next JSON text message, skipping audio; None when the socket closed.
+async fn next_json(ws: &mut Ws) -> Option<serde_json::Value> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message within the wait")?;
+        match msg {
+            Ok(Message::Text(t)) => {
+                return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Reads until a message of `kind`; panics on an error event or a close.
+async fn expect_type(ws: &mut Ws, kind: &str) -> serde_json::Value {
+    loop {
+        let v = next_json(ws)
+            .await
+            .unwrap_or_else(|| panic!("socket closed before a {kind} message"));
+        if v["type"] == kind {
+            return v;
+        }
+        assert_ne!(
+            v["type"], "error",
+            "unexpected error waiting for {kind}: {v}"
+        );
+    }
+}
+
+/// Reads until an error event; returns it.
+async fn expect_error(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let v = next_json(ws).await.expect("an error before the close");
+        if v["type"] == "error" {
+            return v;
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code.
+async fn expect_close(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close within the wait")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// The server's `hello` and `history` of a new connection.
+async fn greeting(ws: &mut Ws) -> (serde_json::Value, serde_json::Value) {
+    let hello = expect_type(ws, "hello").await;
+    let history = next_json(ws).await.expect("history after hello");
+    assert_eq!(
+        history["type"], "history",
+        "history follows hello: {history}"
+    );
+    assert_eq!(history["session"], hello["session"]);
+    (hello, history)
+}
+
+fn speech() -> Vec<i16> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/speech/q-france.wav");
+    let audio = read_wav(&path).expect("read the speech asset");
+    resample_to_16k(&audio).expect("16 kHz")
+}
+
+/// Says one question (faster than real time, 100 ms messages, then a
+/// second of silence) and returns the parrot's `committed` event.
+async fn say_and_commit(ws: &mut Ws) -> serde_json::Value {
+    ws.send(Message::text(
+        r#"{"type":"hello","version":1,"sample_rate":16000}"#,
+    ))
+    .await
+    .expect("hello");
+    let mut samples = speech();
+    samples.extend(std::iter::repeat_n(0i16, 16_000));
+    for chunk in samples.chunks(1600) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        ws.send(Message::binary(bytes)).await.expect("send audio");
+    }
+    let committed = expect_type(ws, "committed").await;
+    assert_eq!(committed["assistant"], PARROT_TEXT, "{committed}");
+    assert_eq!(committed["interrupted"], false, "{committed}");
+    committed
+}
+
+/// Says goodbye and waits for the server's close.
+async fn bye(mut ws: Ws) {
+    ws.send(Message::text(r#"{"type":"bye"}"#))
+        .await
+        .expect("bye");
+    assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Normal));
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_its_history_and_its_next_turn_joins_the_same_session() {
+    let server = TestServer::start(|_| {}).await;
+
+    // First connection: a new session, one committed turn.
+    let mut a = server.connect(None).await;
+    let (hello, history) = greeting(&mut a).await;
+    assert_eq!(hello["resumable"], true, "{hello}");
+    let id = hello["session"].as_str().expect("session id").to_string();
+    assert_ne!(hello["connection"], hello["session"], "{hello}");
+    assert_eq!(history["turns"], serde_json::json!([]), "{history}");
+    say_and_commit(&mut a).await;
+    let turns = Journal::open(&server.journal)
+        .expect("journal")
+        .turns(&id)
+        .expect("the session is in the journal");
+    assert_eq!(turns.len(), 1, "the committed turn was written at once");
+    assert_eq!(turns[0].assistant, PARROT_TEXT);
+    bye(a).await;
+
+    // Second connection resumes it: history, then the next turn appends.
+    let mut b = server.connect(Some(&id)).await;
+    let (hello, history) = greeting(&mut b).await;
+    assert_eq!(hello["session"], id.as_str(), "{hello}");
+    assert_eq!(
+        history["turns"],
+        serde_json::json!([{"user": "", "assistant": PARROT_TEXT, "interrupted": false}]),
+        "{history}"
+    );
+    say_and_commit(&mut b).await;
+    bye(b).await;
+
+    let journal = Journal::open(&server.journal).expect("journal");
+    let turns = journal.turns(&id).expect("turns");
+    assert_eq!(turns.len(), 2, "the resumed turn joined the same session");
+    assert_eq!(
+        turns.iter().map(|t| t.index).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    let sessions = journal.sessions().expect("sessions");
+    assert_eq!(sessions.len(), 1, "no second session: {sessions:?}");
+    assert_eq!(sessions[0].turns, 2);
+    // The resumed pipeline started from the first turn (user + assistant).
+    assert_eq!(server.histories(), vec![0, 2]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_or_malformed_session_id_gets_an_error_and_a_new_session() {
+    let server = TestServer::start(|_| {}).await;
+    for (asked, code) in [
+        ("feedfacefeedface", "unknown_session"),
+        ("not%20an%20id", "bad_session"),
+        ("..%2F..%2Fetc", "bad_session"),
+    ] {
+        let mut ws = server.connect(Some(asked)).await;
+        let err = next_json(&mut ws).await.expect("an error first");
+        assert_eq!(err["type"], "error", "{err}");
+        assert_eq!(err["code"], code, "{asked}: {err}");
+        assert!(
+            err["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("new session")),
+            "{err}"
+        );
+        let (hello, history) = greeting(&mut ws).await;
+        assert_eq!(hello["resumable"], true);
+        assert_ne!(hello["session"], asked, "{hello}");
+        assert_eq!(history["turns"], serde_json::json!([]));
+        bye(ws).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_live_in_another_connection_is_refused() {
+    let server = TestServer::start(|c| c.resume_wait = Duration::from_millis(200)).await;
+    let mut a = server.connect(None).await;
+    let (hello, _) = greeting(&mut a).await;
+    let id = hello["session"].as_str().expect("id").to_string();
+    let mut b = server.connect(Some(&id)).await;
+    let err = expect_error(&mut b).await;
+    assert_eq!(err["code"], "session_in_use", "{err}");
+    assert_eq!(expect_close(&mut b).await, Some(CloseCode::Policy));
+    // The holder is unaffected and its turn goes to its session.
+    say_and_commit(&mut a).await;
+    bye(a).await;
+    let turns = Journal::open(&server.journal)
+        .expect("journal")
+        .turns(&id)
+        .expect("turns");
+    assert_eq!(turns.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_journal_write_failure_is_an_error_event_and_the_conversation_goes_on() {
+    let server = TestServer::start(|_| {}).await;
+    let mut ws = server.connect(None).await;
+    greeting(&mut ws).await;
+    let raw = rusqlite::Connection::open(&server.journal).expect("raw open");
+    raw.execute_batch(
+        "CREATE TRIGGER refuse_turns BEFORE INSERT ON turns
+         BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END;",
+    )
+    .expect("trigger");
+    drop(raw);
+    ws.send(Message::text(
+        r#"{"type":"hello","version":1,"sample_rate":16000}"#,
+    ))
+    .await
+    .expect("hello");
+    let mut samples = speech();
+    samples.extend(std::iter::repeat_n(0i16, 16_000));
+    for chunk in samples.chunks(1600) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        ws.send(Message::binary(bytes)).await.expect("send audio");
+    }
+    // The round still commits (its event comes first: the write follows the
+    // commit), the failure is reported, and the session goes on.
+    let (mut committed, mut failed) = (false, false);
+    while !(committed && failed) {
+        let v = next_json(&mut ws).await.expect("session open");
+        match v["type"].as_str() {
+            Some("committed") => committed = true,
+            Some("error") => {
+                assert_eq!(v["source"], "journal", "{v}");
+                assert!(
+                    v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("simulated write failure")),
+                    "{v}"
+                );
+                failed = true;
+            }
+            _ => {}
+        }
+    }
+    ws.send(Message::text(r#"{"type":"ping","id":3}"#))
+        .await
+        .expect("ping");
+    let pong = expect_type(&mut ws, "pong").await;
+    assert_eq!(pong["id"], 3);
+    bye(ws).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unusable_journal_is_refused_at_start_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory where the journal file should be.
+    let path = dir.path().join("journal.sqlite");
+    std::fs::create_dir(&path).expect("mkdir");
+    let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
+    config.journal = Some(path.clone());
+    let agents: AgentFactory = Arc::new(|| Arc::new(ParrotAgent) as Arc<dyn Agent>);
+    let err = match Server::bind(config, agents).await {
+        Ok(_) => panic!("a directory was accepted as the journal"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&path.display().to_string()), "{err}");
+}
