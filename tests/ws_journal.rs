@@ -4,7 +4,9 @@
 //! them, and its next turns are appended to the same session. An unknown or
 //! malformed id gets an error and a new session; an id live in another
 //! connection is refused; a journal write that fails becomes an error event
-//! while the conversation goes on.
+//! while the conversation goes on; an agent that hangs up (a flow's
+//! `end_call`) gets its goodbye committed, then `call_ended`, then a normal
+//! close.
 //!
 //! Each test runs a server in-process on 127.0.0.1 port 0 with the parrot
 //! agent (wrapped to record the history each turn starts from) and a journal
@@ -16,7 +18,7 @@
 //!    event arrived (the server writes before it sends, conn invariant 4).
 
 use colloquy::agent::parrot::{ParrotAgent, PARROT_TEXT};
-use colloquy::agent::{Agent, Reporter, TurnJob};
+use colloquy::agent::{Agent, Payload, Reporter, TurnJob};
 use colloquy::audio::{read_wav, resample_to_16k};
 use colloquy::journal::Journal;
 use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server};
@@ -33,9 +35,11 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The parrot, recording the length of the history each turn starts from.
+/// The parrot, recording the length of the history each turn starts from;
+/// with `hang_up`, it says a goodbye and ends the call instead.
 struct RecordingParrot {
     histories: Arc<Mutex<Vec<usize>>>,
+    hang_up: bool,
 }
 
 impl Agent for RecordingParrot {
@@ -46,6 +50,16 @@ impl Agent for RecordingParrot {
     fn start(&self, job: TurnJob, reporter: Reporter) {
         if let Ok(mut h) = self.histories.lock() {
             h.push(job.history.len());
+        }
+        if self.hang_up {
+            let tone: Vec<i16> = (0..8000).map(|i| ((i % 40) as i16 - 20) * 200).collect();
+            reporter.send(Payload::Speech {
+                text: "Goodbye.".into(),
+                audio: tone.into(),
+            });
+            reporter.send(Payload::EndCall);
+            reporter.send(Payload::Done);
+            return;
         }
         ParrotAgent.start(job, reporter);
     }
@@ -67,6 +81,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start(tune: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::start_agent(false, tune).await
+    }
+
+    async fn start_agent(hang_up: bool, tune: impl FnOnce(&mut ServeConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = dir.path().join("journal.sqlite");
         let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
@@ -78,6 +96,7 @@ impl TestServer {
         let agents: AgentFactory = Arc::new(move || {
             Arc::new(RecordingParrot {
                 histories: recorded.clone(),
+                hang_up,
             }) as Arc<dyn Agent>
         });
         let server = Server::bind(config, agents).await.expect("bind");
@@ -392,4 +411,38 @@ async fn an_unusable_journal_is_refused_at_start_naming_the_file() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains(&path.display().to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn when_the_agent_hangs_up_the_server_says_call_ended_and_closes_normally() {
+    let server = TestServer::start_agent(true, |_| {}).await;
+    let mut ws = server.connect(None).await;
+    let (hello, _) = greeting(&mut ws).await;
+    let id = hello["session"].as_str().expect("session id").to_string();
+    ws.send(Message::text(
+        r#"{"type":"hello","version":1,"sample_rate":16000}"#,
+    ))
+    .await
+    .expect("hello");
+    let mut samples = speech();
+    samples.extend(std::iter::repeat_n(0i16, 16_000));
+    for chunk in samples.chunks(1600) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        ws.send(Message::binary(bytes)).await.expect("send audio");
+    }
+    let committed = expect_type(&mut ws, "committed").await;
+    assert_eq!(committed["assistant"], "Goodbye.", "{committed}");
+    // call_ended comes right after the goodbye's committed, then the close.
+    let ended = next_json(&mut ws)
+        .await
+        .expect("call_ended after committed");
+    assert_eq!(ended["type"], "call_ended", "{ended}");
+    assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Normal));
+    let turns = Journal::open(&server.journal)
+        .expect("journal")
+        .turns(&id)
+        .expect("turns");
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].assistant, "Goodbye.");
+    server.stop().await;
 }

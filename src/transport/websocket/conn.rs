@@ -31,6 +31,9 @@
 //! 4. A committed round is written to the journal before the events drained
 //!    with it are queued, so its `committed` event follows the write
 //!    (journal invariant 2).
+//! 5. When the agent hangs up (`call_ended`, a flow's `end_call`), the
+//!    connection is closed normally ("call ended") once the audio already
+//!    sent has had its wall time to play.
 
 use super::journal::{Claim, SessionLease};
 use super::protocol::{
@@ -600,6 +603,14 @@ impl Driver {
             }
         }
         self.process();
+        let ended = self
+            .live
+            .as_ref()
+            .is_some_and(|l| l.session.coordinator().call_ended());
+        if ended && self.sent_until <= Instant::now() {
+            // The flow hung up and the goodbye has played (invariant 5).
+            return Err(End::Close(CLOSE_NORMAL, "call ended"));
+        }
         Ok(())
     }
 

@@ -372,6 +372,13 @@ function onEvent(ev) {
       t.spans.push(ev.span);
       break;
     }
+    case 'call_ended':
+      // The flow hung up: the server closes once the goodbye has played;
+      // the next press starts a new conversation.
+      stats.callEnded = true;
+      storeSession(null);
+      toast('The call ended. Press the button to start a new one.', 'call');
+      break;
     case 'error':
       stats.errors.push(ev);
       toast(ev.message || 'error', ev.code || ev.source);
