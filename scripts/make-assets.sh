@@ -24,6 +24,16 @@ say en-us "What is the capital of France?" "$out/q-france.wav"
 say en-us "How many days are there in a week?" "$out/q-week.wav"
 say en-us+f3 "Wait, stop. What is the capital of Germany?" "$out/q-germany-f3.wav"
 say en-us+f3 "mm hmm" "$out/backchannel-f3.wav"
+# A caller for the flow tests (flows/restaurant.toml, flows/clock.toml).
+say150() { espeak-ng -v en-us -s 150 -w /tmp/colloquy-say.wav "$1"; sox /tmp/colloquy-say.wav -r 16000 -c 1 -b 16 "$2"; }
+say150 "Hi, I would like to book a table, please." "$out/book-hello.wav"
+say150 "Four people." "$out/book-party.wav"
+say150 "At seven thirty." "$out/book-time.wav"
+say150 "The name is Smith." "$out/book-name.wav"
+say150 "Yes, that's right." "$out/book-yes.wav"
+say150 "What time is it?" "$out/clock-time.wav"
+say150 "What is twelve times seven?" "$out/clock-sum.wav"
+say150 "Thank you, goodbye." "$out/clock-bye.wav"
 printf 'q-france\twhat is the capital of france\nq-week\thow many days are there in a week\nq-germany-f3\twait stop what is the capital of germany\n' >> "$out/transcripts.tsv"
 
 # The bundled conversation for the README's run command: two questions with room for answers.
