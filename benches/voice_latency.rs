@@ -63,10 +63,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    for (engine, window) in [
-        (TtsEngine::Piper, SttWindow::Full),
-        (TtsEngine::Piper, SttWindow::Fit),
-        (TtsEngine::Espeak, SttWindow::Fit),
+    for (engine, window, speculative) in [
+        (TtsEngine::Piper, SttWindow::Full, true),
+        (TtsEngine::Piper, SttWindow::Fit, false),
+        (TtsEngine::Piper, SttWindow::Fit, true),
+        (TtsEngine::Espeak, SttWindow::Fit, true),
     ] {
         let stack = {
             let _g = runtime.enter();
@@ -89,12 +90,9 @@ fn main() {
         };
         let mut opts = ReplayOptions::new(&input);
         opts.pace = Pace::Fast;
-        let report = replay(
-            &opts,
-            stack.agent(runtime.handle().clone()),
-            SessionConfig::default(),
-        )
-        .expect("replay");
+        let mut config = SessionConfig::default();
+        config.coordinator.speculative = speculative;
+        let report = replay(&opts, stack.agent(runtime.handle().clone()), config).expect("replay");
         let (mut stt, mut tok, mut audio) = (Vec::new(), Vec::new(), Vec::new());
         for e in &report.events {
             if let Event::TurnLatency {
@@ -115,7 +113,7 @@ fn main() {
             return;
         }
         println!(
-            "summary: tts={engine:?} stt-window={window:?} turns={} (of {})",
+            "summary: tts={engine:?} stt-window={window:?} speculative={speculative} turns={} (of {})",
             audio.len(),
             CLIPS.len()
         );

@@ -223,3 +223,58 @@ fn a_cough_does_not_stop_the_bot_and_a_short_noise_is_recovered() {
         );
     }
 }
+
+/// Speculative turns (coordinator invariant 8): a pause shorter than the
+/// endpoint opens a turn that is dropped when the user goes on, and the
+/// whole utterance is answered once; at the real end, the turn opened at the
+/// pause is the one that answers, and nothing plays before the endpoint.
+#[test]
+fn a_turn_opened_at_a_pause_is_dropped_when_the_user_goes_on_and_used_when_they_stop() {
+    // Two clips without their silent edges, 240 ms apart: a pause longer
+    // than pause_ms (200) and shorter than the endpoint (400).
+    let trim = |v: Vec<i16>| {
+        let loud = |s: &i16| s.unsigned_abs() > 400;
+        let a = v.iter().position(loud).unwrap_or(0);
+        let b = v.iter().rposition(loud).map_or(v.len(), |i| i + 1);
+        v[a..b].to_vec()
+    };
+    let (timeline, _) = concat(&[
+        silence_ms(500, 6),
+        trim(load16k("speech/cards-002.wav")),
+        silence_ms(240, 7),
+        trim(load16k("speech/cards-003.wav")),
+        silence_ms(5000, 8),
+    ]);
+    let report = run(&timeline, Pace::Instant);
+    assert_eq!(report.committed.len(), 1, "events: {:#?}", report.events);
+    let kinds: Vec<&str> = report.events.iter().map(|e| e.event.kind()).collect();
+    let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+    // Two turns opened (at the pause, at the real end's pause); the first
+    // was cancelled when the user went on, the second answered.
+    assert!(count("speech_paused") >= 2, "{kinds:?}");
+    assert_eq!(count("turn_opened"), 2, "{kinds:?}");
+    assert_eq!(count("task_cancelled"), 1, "{kinds:?}");
+    let opened = times_of(&report.events, "turn_opened");
+    let stopped = times_of(&report.events, "speech_stopped");
+    let speaks = times_of(&report.events, "bot_started_speaking");
+    assert_eq!((stopped.len(), speaks.len()), (1, 1));
+    // The answering turn opened at the final pause, 200 ms before the
+    // endpoint, and still spoke only once the endpoint passed.
+    assert_eq!(stopped[0] - opened[1], 200);
+    assert!(speaks[0] >= stopped[0] && speaks[0] - stopped[0] <= 20);
+    assert!(report.bot[..stopped[0] as usize * 16]
+        .iter()
+        .all(|&s| s == 0));
+    // The reply is the whole utterance: both clips, not the first alone.
+    let heard = report
+        .bot
+        .iter()
+        .filter(|&&s| s.unsigned_abs() > 300)
+        .count();
+    let first = trim(load16k("speech/cards-002.wav"));
+    let first_loud = first.iter().filter(|&&s| s.unsigned_abs() > 300).count();
+    assert!(
+        heard > first_loud + first_loud / 4,
+        "the reply holds only the first part ({heard} vs {first_loud} loud samples)"
+    );
+}

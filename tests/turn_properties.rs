@@ -42,6 +42,9 @@ impl Agent for ScriptAgent {
 enum Op {
     /// The user speaks for `ms`, then the endpoint passes.
     UserSpeaks { ms: u64 },
+    /// The user speaks for `ms`, pauses (a speculative turn may open; results
+    /// may arrive for it), and then either goes on or stops.
+    UserPauses { ms: u64, goes_on: bool },
     /// Time passes: frames are processed and played.
     Idle { frames: u32 },
     /// A result for job `pick` (modulo jobs so far; stale jobs included).
@@ -53,6 +56,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (40u64..2500).prop_map(|ms| Op::UserSpeaks { ms }),
+        2 => (100u64..2500, any::<bool>()).prop_map(|(ms, goes_on)| Op::UserPauses { ms, goes_on }),
         4 => (1u32..80).prop_map(|frames| Op::Idle { frames }),
         6 => (0usize..8, 0u8..7, 0u8..4).prop_map(|(pick, kind, words)| Op::Reply { pick, kind, words }),
         1 => Just(Op::Unknown),
@@ -202,6 +206,70 @@ impl Harness {
                 self.coord
                     .on_user_stopped(&audio, ms, now_ms.saturating_sub(500), now_ms);
                 self.after_step();
+            }
+            Op::UserPauses { ms, goes_on } => {
+                let at = self.now_sample;
+                let now_ms = self.now_ms();
+                self.coord.on_user_started(at, now_ms);
+                self.after_step();
+                for _ in 0..ms / 20 {
+                    self.frame();
+                }
+                let audio = vec![7i16; (ms * 16) as usize];
+                for _ in 0..10 {
+                    self.frame();
+                }
+                let now_ms = self.now_ms();
+                let jobs_before = self.jobs.lock().expect("jobs").len();
+                self.coord
+                    .on_user_paused(&audio, ms, now_ms.saturating_sub(200), now_ms);
+                self.after_step();
+                let speculative = {
+                    let jobs = self.jobs.lock().expect("jobs");
+                    (jobs.len() > jobs_before).then(|| jobs[jobs.len() - 1].clone())
+                };
+                // The speculative job answers at once; none of it may be
+                // heard before the endpoint (invariant 8).
+                if let Some(job) = &speculative {
+                    self.deliver(
+                        job.epoch,
+                        job.task,
+                        Payload::Transcript("what time is it".into()),
+                    );
+                    self.deliver(
+                        job.epoch,
+                        job.task,
+                        Payload::Speech {
+                            text: "it is noon".into(),
+                            audio: vec![EPOCH_MARK + job.epoch as i16; 320 * 8].into(),
+                        },
+                    );
+                    self.frame();
+                    if self.coord.bot_speaking() {
+                        self.violations
+                            .push("a held speculative turn started speaking".into());
+                    }
+                }
+                if goes_on {
+                    let now_ms = self.now_ms();
+                    self.coord.on_user_continued(now_ms);
+                    self.after_step();
+                    for _ in 0..10 {
+                        self.frame();
+                    }
+                }
+                for _ in 0..10 {
+                    self.frame();
+                }
+                let now_ms = self.now_ms();
+                self.coord
+                    .on_user_stopped(&audio, ms, now_ms.saturating_sub(400), now_ms);
+                self.after_step();
+                // Confirmed by the endpoint: the held reply plays at once.
+                if speculative.is_some() && !goes_on && !self.coord.bot_speaking() {
+                    self.violations
+                        .push("a confirmed speculative turn did not start speaking".into());
+                }
             }
             Op::Idle { frames } => {
                 for _ in 0..frames {

@@ -279,13 +279,30 @@ impl Session {
                     now_ms,
                 );
             }
-            Some(TurnEvent::Paused { at }) => self.push_event(
-                now_ms,
-                Event::SpeechPaused {
-                    at_ms: samples_to_ms(at),
-                },
-            ),
-            Some(TurnEvent::Continued { .. }) | None => {}
+            Some(TurnEvent::Paused { at }) => {
+                self.push_event(
+                    now_ms,
+                    Event::SpeechPaused {
+                        at_ms: samples_to_ms(at),
+                    },
+                );
+                // Speculative turn: answer what was said so far while the
+                // endpoint silence runs; the reply is held until it elapses.
+                if let (true, Some(start)) = (
+                    self.coordinator.can_speculate(),
+                    self.detector.utterance_start(),
+                ) {
+                    let audio = self.utterance.copy(start.saturating_sub(self.lead), at);
+                    self.coordinator.on_user_paused(
+                        &audio,
+                        samples_to_ms(at - start),
+                        samples_to_ms(at),
+                        now_ms,
+                    );
+                }
+            }
+            Some(TurnEvent::Continued { .. }) => self.coordinator.on_user_continued(now_ms),
+            None => {}
         }
         self.coordinator.on_frame(self.now, now_ms);
         self.collect_events();

@@ -76,6 +76,18 @@ impl UtteranceBuffer {
         }
     }
 
+    /// Copies samples `start..end` (holds invariant 1); capture goes on.
+    /// Allocates: called once per pause, never per frame.
+    pub fn copy(&self, start: u64, end: u64) -> Vec<i16> {
+        let from = start.saturating_sub(self.capture_start) as usize;
+        let to = (end.saturating_sub(self.capture_start) as usize).min(self.capture.len());
+        if from < to {
+            self.capture[from..to].to_vec()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Returns samples `start..end` (holds invariant 1) and stops capturing.
     pub fn take(&mut self, start: u64, end: u64) -> Vec<i16> {
         let from = start.saturating_sub(self.capture_start) as usize;

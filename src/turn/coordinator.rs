@@ -38,6 +38,10 @@ pub struct CoordinatorConfig {
     /// Longest carried-over user audio (seconds) when the user goes on
     /// talking before the reply starts.
     pub max_carry_secs: u32,
+    /// Start answering at the first short pause (the turn detector's
+    /// `pause_ms`), holding the reply until the endpoint confirms the turn;
+    /// the user going on cancels it (invariant 8).
+    pub speculative: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -54,6 +58,7 @@ impl Default for CoordinatorConfig {
             .collect(),
             resume: ResumeMode::Restate,
             max_carry_secs: 30,
+            speculative: true,
         }
     }
 }
@@ -127,6 +132,9 @@ struct Staging {
     model: Option<String>,
     /// The agent ended the call with this turn (hang up once committed).
     end_call: bool,
+    /// Opened at a pause: results are kept, nothing plays, until the
+    /// endpoint confirms the turn (invariant 8).
+    held: bool,
 }
 
 impl Staging {
@@ -329,6 +337,11 @@ impl Coordinator {
                 speech_ms,
             },
         );
+        if self.staging.as_ref().is_some_and(|s| s.held) {
+            // The pause was the end of the turn: the speculative turn is it.
+            self.release_held(now_ms);
+            return;
+        }
         let was_candidate = self.candidate.take().is_some();
         if was_candidate
             && (self.state == TurnState::Speaking || speech_ms < self.config.interrupt_min_ms)
@@ -349,6 +362,100 @@ impl Coordinator {
         let mut full: Vec<i16> = std::mem::take(&mut self.carried_audio);
         full.extend_from_slice(audio);
         self.open_turn(full.into(), judging, end_ms, now_ms);
+    }
+
+    /// Whether a pause now may open a speculative turn: enabled, nothing in
+    /// progress on either side.
+    pub fn can_speculate(&self) -> bool {
+        self.config.speculative
+            && self.state == TurnState::Idle
+            && self.staging.is_none()
+            && self.suspended.is_none()
+            && self.candidate.is_none()
+    }
+
+    /// The user paused (not yet the end of turn): opens the turn on the audio
+    /// so far, held (invariant 8). Carried-over audio is copied, not taken,
+    /// so it is still there if the user goes on.
+    pub fn on_user_paused(&mut self, audio: &[i16], speech_ms: u64, end_ms: u64, now_ms: u64) {
+        if !self.can_speculate() || speech_ms < self.config.interrupt_min_ms.min(200) {
+            return;
+        }
+        let mut full = self.carried_audio.clone();
+        full.extend_from_slice(audio);
+        self.open_turn(full.into(), false, end_ms, now_ms);
+        if let Some(st) = self.staging.as_mut() {
+            st.held = true;
+        }
+    }
+
+    /// The user went on after a pause: a held turn is dropped (its results
+    /// will be quarantined); the whole utterance is answered at its end.
+    pub fn on_user_continued(&mut self, now_ms: u64) {
+        if !self.staging.as_ref().is_some_and(|s| s.held) {
+            return;
+        }
+        self.cancel_all(CancelReason::BargeIn, now_ms);
+        if let Some(st) = self.staging.take() {
+            st.cancel.cancel();
+            // A job that had already finished is cancelled here.
+            if !self.outcomes.contains_key(&st.task) {
+                self.set_outcome(st.task, Outcome::Cancelled(CancelReason::BargeIn));
+                self.emit(
+                    now_ms,
+                    Event::TaskCancelled {
+                        epoch: st.epoch,
+                        task: st.task,
+                        reason: CancelReason::BargeIn,
+                    },
+                );
+            }
+        }
+        self.epoch += 1;
+        self.state = TurnState::Idle;
+    }
+
+    /// The endpoint confirmed a held turn: what it produced plays now.
+    fn release_held(&mut self, now_ms: u64) {
+        self.carried_audio.clear();
+        let Some(st) = self.staging.as_mut() else {
+            return;
+        };
+        st.held = false;
+        let chunks = st.chunks.clone();
+        let done = st.done;
+        if !chunks.is_empty() {
+            self.begin_speaking(now_ms);
+            for (text, audio) in &chunks {
+                self.playout.enqueue(text, audio);
+            }
+            self.playout.pump();
+        } else if done {
+            self.commit_staging(now_ms, false);
+        }
+    }
+
+    /// The first audio of a reply: state, events, latency.
+    fn begin_speaking(&mut self, now_ms: u64) {
+        let epoch = self.epoch;
+        self.playout.begin_reply();
+        self.state = TurnState::Speaking;
+        self.emit(now_ms, Event::BotStartedSpeaking { epoch });
+        if let Some(st) = self.staging.as_mut() {
+            st.first_audio_ms.get_or_insert(now_ms);
+        }
+        if let Some(st) = &self.staging {
+            self.events.push(TimedEvent {
+                t_ms: now_ms,
+                event: Event::TurnLatency {
+                    epoch,
+                    end_of_speech_ms: st.end_of_speech_ms,
+                    stt_ms: st.stt_ms,
+                    first_token_ms: st.first_token_ms,
+                    first_audio_ms: now_ms,
+                },
+            });
+        }
     }
 
     /// Called once per input frame with the current sample position.
@@ -402,6 +509,7 @@ impl Coordinator {
             first_audio_ms: None,
             model: None,
             end_call: false,
+            held: false,
         });
         self.state = TurnState::Thinking;
         self.emit(now_ms, Event::TurnOpened { epoch: self.epoch });
@@ -494,28 +602,14 @@ impl Coordinator {
                 }
             }
             Payload::Speech { text, audio } => {
-                if self.state != TurnState::Speaking {
-                    self.playout.begin_reply();
-                    self.state = TurnState::Speaking;
-                    self.emit(now_ms, Event::BotStartedSpeaking { epoch });
-                    if let Some(st) = self.staging.as_mut() {
-                        st.first_audio_ms.get_or_insert(now_ms);
+                let held = self.staging.as_ref().is_some_and(|s| s.held);
+                if !held {
+                    if self.state != TurnState::Speaking {
+                        self.begin_speaking(now_ms);
                     }
-                    if let Some(st) = &self.staging {
-                        self.events.push(TimedEvent {
-                            t_ms: now_ms,
-                            event: Event::TurnLatency {
-                                epoch,
-                                end_of_speech_ms: st.end_of_speech_ms,
-                                stt_ms: st.stt_ms,
-                                first_token_ms: st.first_token_ms,
-                                first_audio_ms: now_ms,
-                            },
-                        });
-                    }
+                    self.playout.enqueue(&text, &audio);
+                    self.playout.pump();
                 }
-                self.playout.enqueue(&text, &audio);
-                self.playout.pump();
                 if let Some(st) = self.staging.as_mut() {
                     st.chunks.push((text.clone(), audio));
                 }
@@ -536,7 +630,8 @@ impl Coordinator {
                 if let Some(st) = self.staging.as_mut() {
                     st.done = true;
                 }
-                if self.state == TurnState::Thinking {
+                let held = self.staging.as_ref().is_some_and(|s| s.held);
+                if self.state == TurnState::Thinking && !held {
                     // Nothing to say: commit the round with an empty reply.
                     self.commit_staging(now_ms, false);
                 }
@@ -689,6 +784,7 @@ impl Coordinator {
             first_audio_ms: None,
             model: None,
             end_call: s.end_call,
+            held: false,
         };
         // Keep heard chunks in the text but not in the audio.
         staging.chunks.extend(s.chunks[..idx].iter().cloned());

@@ -28,6 +28,11 @@
 //!    reported `EndCall` ends: right after its committed round (so what the
 //!    caller heard of the goodbye is in the history before the transport
 //!    hangs up), or at once if the turn had nothing to commit.
+//! 8. A speculative turn (opened at a pause) is *held*: nothing of it plays
+//!    and nothing is committed until the endpoint confirms the turn; if the
+//!    user goes on instead, it is cancelled like any dropped reply and its
+//!    late results are quarantined (new epoch). What the user hears is the
+//!    same as without speculation, only sooner.
 
 mod coordinator;
 pub mod playout;

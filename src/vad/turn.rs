@@ -120,6 +120,14 @@ impl TurnDetector {
         matches!(self.state, State::Speaking { .. })
     }
 
+    /// Where the current utterance began (`None` outside one).
+    pub fn utterance_start(&self) -> Option<u64> {
+        match self.state {
+            State::Speaking { start, .. } => Some(start),
+            State::Quiet { .. } => None,
+        }
+    }
+
     /// Feeds one frame's speech probability; `frame_start` is the frame's
     /// first sample. Returns at most one event. Real-time safe.
     pub fn push(&mut self, probability: f32, frame_start: u64) -> Option<TurnEvent> {
