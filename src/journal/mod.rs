@@ -451,6 +451,18 @@ pub fn render_trace(turns: &[TurnRecord]) -> String {
                 .unwrap_or_default()
         );
         let _ = writeln!(out, "  user:      {}", t.user);
+        for call in t.messages.iter().flat_map(|m| &m.tool_calls) {
+            let result = t
+                .messages
+                .iter()
+                .find(|m| m.role == Role::Tool && m.tool_call_id.as_deref() == Some(&call.id))
+                .map_or("", |m| m.content.as_str());
+            let _ = writeln!(
+                out,
+                "  tool:      {}({}) → {result}",
+                call.name, call.arguments
+            );
+        }
         let _ = writeln!(out, "  assistant: {}", t.assistant);
         let Some(eos) = t.timing.end_of_speech_ms else {
             continue;
@@ -597,6 +609,49 @@ mod tests {
             j.turns("nope"),
             Err(JournalError::NoSession { .. })
         ));
+    }
+
+    #[test]
+    fn kv_set_results_of_committed_rounds_fill_the_kv_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(&dir.path().join("j.sqlite")).expect("open");
+        let id = j.start_session(None, "voice", "test").expect("session");
+        let with_tool = |args: &str| {
+            let mut r = round("yes", "Booked.", false);
+            let mut call = ChatMessage::assistant("");
+            call.tool_calls = vec![crate::llm::ToolCall {
+                id: "c1".into(),
+                name: "confirm_booking".into(),
+                arguments: args.into(),
+            }];
+            let result = crate::tools::kv::set(
+                serde_json::from_str::<serde_json::Value>(args)
+                    .expect("json")
+                    .as_object()
+                    .expect("object"),
+            )
+            .expect("kv_set");
+            r.messages
+                .splice(1..1, [call, ChatMessage::tool_result("c1", result)]);
+            r
+        };
+        j.append_turn(&id, &with_tool(r#"{"name":"Ada","party_size":2}"#))
+            .expect("turn");
+        j.append_turn(&id, &round("no wait", "OK.", false))
+            .expect("turn");
+        j.append_turn(&id, &with_tool(r#"{"party_size":6}"#))
+            .expect("turn");
+        let kv = j.kv(&id).expect("kv");
+        assert_eq!(kv.len(), 2);
+        assert_eq!(kv["name"], "Ada");
+        assert_eq!(kv["party_size"], "6", "a later kv_set replaces the value");
+        let trace = render_trace(&j.turns(&id).expect("turns"));
+        assert!(
+            trace.contains(
+                r#"tool:      confirm_booking({"party_size":6}) → {"stored":{"party_size":"6"}}"#
+            ),
+            "{trace}"
+        );
     }
 
     #[test]
