@@ -77,6 +77,10 @@ struct PipelineArgs {
     /// Speech over the bot needed to interrupt it (ms).
     #[arg(long)]
     interrupt_ms: Option<u64>,
+    /// Don't start answering at the first short pause (speculative turns
+    /// are on by default: the reply is held until the endpoint).
+    #[arg(long)]
+    no_speculate: bool,
     /// Conversation flow (TOML or JSON, see docs/flows.md). Default: the
     /// built-in open chat, flows/assistant.toml.
     #[arg(long, value_name = "FILE")]
@@ -407,6 +411,7 @@ fn session_config(args: &PipelineArgs) -> SessionConfig {
     if let Some(ms) = args.interrupt_ms {
         config.coordinator.interrupt_min_ms = ms;
     }
+    config.coordinator.speculative = !args.no_speculate;
     config
 }
 
