@@ -17,23 +17,19 @@
 //!    timeout. A turn is looked up in the journal only after its `committed`
 //!    event arrived (the server writes before it sends, conn invariant 4).
 
+mod common;
 use colloquy::agent::parrot::{ParrotAgent, PARROT_TEXT};
 use colloquy::agent::{Agent, Payload, Reporter, TurnJob};
 use colloquy::audio::{read_wav, resample_to_16k};
 use colloquy::journal::Journal;
 use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server};
-use futures::{SinkExt, StreamExt};
+use common::ws::{expect_close, next_json, Running, Ws};
+use futures::SinkExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// The parrot, recording the length of the history each turn starts from;
 /// with `hang_up`, it says a goodbye and ends the call instead.
@@ -70,12 +66,11 @@ impl Agent for RecordingParrot {
 }
 
 struct TestServer {
+    running: Running,
     base: String,
     token: String,
     journal: PathBuf,
     histories: Arc<Mutex<Vec<usize>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -90,7 +85,6 @@ impl TestServer {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
         config.journal = Some(journal.clone());
         tune(&mut config);
-        let token = config.token.clone();
         let histories = Arc::new(Mutex::new(Vec::new()));
         let recorded = histories.clone();
         let agents: AgentFactory = Arc::new(move || {
@@ -99,24 +93,13 @@ impl TestServer {
                 hang_up,
             }) as Arc<dyn Agent>
         });
-        let server = Server::bind(config, agents).await.expect("bind");
-        let base = format!("ws://{}/ws", server.local_addr());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("server run");
-        });
+        let running = Running::start(config, agents).await;
         Self {
-            base,
-            token,
+            base: running.base.clone(),
+            token: running.token.clone(),
+            running,
             journal,
             histories,
-            stop: Some(tx),
-            task,
             _dir: dir,
         }
     }
@@ -137,30 +120,8 @@ impl TestServer {
         self.histories.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("server stops")
-            .expect("server task");
-    }
-}
-
-/// Next JSON text message, skipping audio; None when the socket closed.
-async fn next_json(ws: &mut Ws) -> Option<serde_json::Value> {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a message within the wait")?;
-        match msg {
-            Ok(Message::Text(t)) => {
-                return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -186,20 +147,6 @@ async fn expect_error(ws: &mut Ws) -> serde_json::Value {
         let v = next_json(ws).await.expect("an error before the close");
         if v["type"] == "error" {
             return v;
-        }
-    }
-}
-
-/// Reads until the server closes; returns the close code.
-async fn expect_close(ws: &mut Ws) -> Option<CloseCode> {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("close within the wait")
-        {
-            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return None,
         }
     }
 }

@@ -8,53 +8,36 @@
 //! with tokio-tungstenite. Waits are bounded by timeouts on expected
 //! messages, never sleeps.
 
+mod common;
 use colloquy::agent::{parrot::ParrotAgent, Agent};
 use colloquy::audio::{read_wav, resample_to_16k};
-use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server};
+use colloquy::transport::websocket::{AgentFactory, ServeConfig};
+use common::ws::{expect_close, next_json, Running, Ws, WAIT};
 use futures::{SinkExt, StreamExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 struct TestServer {
+    running: Running,
     base: String,
     token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl TestServer {
     async fn start(tune: impl FnOnce(&mut ServeConfig)) -> Self {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
         tune(&mut config);
-        let token = config.token.clone();
         let agents: AgentFactory = Arc::new(|| Arc::new(ParrotAgent) as Arc<dyn Agent>);
-        let server = Server::bind(config, agents).await.expect("bind");
-        let base = format!("ws://{}/ws", server.local_addr());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("server run");
-        });
+        let running = Running::start(config, agents).await;
         Self {
-            base,
-            token,
-            stop: Some(tx),
-            task,
+            base: running.base.clone(),
+            token: running.token.clone(),
+            running,
         }
     }
 
@@ -69,30 +52,8 @@ impl TestServer {
         ws
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("server stops")
-            .expect("server task");
-    }
-}
-
-/// Next JSON text message, skipping audio; None when the socket closed.
-async fn next_json(ws: &mut Ws) -> Option<serde_json::Value> {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a message within the wait")?;
-        match msg {
-            Ok(Message::Text(t)) => {
-                return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -107,20 +68,6 @@ async fn expect_error(ws: &mut Ws, code: &str) -> serde_json::Value {
             assert_eq!(v["source"], "protocol", "{v}");
             assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
             return v;
-        }
-    }
-}
-
-/// Reads until the server closes; returns the close code.
-async fn expect_close(ws: &mut Ws) -> Option<CloseCode> {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("close within the wait")
-        {
-            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return None,
         }
     }
 }

@@ -16,12 +16,12 @@
 //! 2. After input ends, replay goes on (silence in) until the bot has finished
 //!    (nothing in flight, nothing queued) or `tail_cap` elapses.
 
+use super::event_log::EventLog;
 use crate::agent::{Agent, CostMode};
 use crate::audio::{input_ring, output_ring, read_wav, TimelineWriter, WavError};
 use crate::frame::{TimedEvent, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};
 use crate::session::{Pacing, Session, SessionConfig, SessionError};
 use crate::turn::CommittedRound;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,12 +158,10 @@ pub fn replay(
         .with_history(history);
 
     let mut events_file = match &opts.events {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|cause| ReplayError::Events {
-                path: path.clone(),
-                cause,
-            })?,
-        )),
+        Some(path) => Some(EventLog::create(path).map_err(|cause| ReplayError::Events {
+            path: path.clone(),
+            cause,
+        })?),
         None => None,
     };
     let mut report = ReplayReport {
@@ -219,23 +217,17 @@ pub fn replay(
             );
         });
         commit_to_journal(&mut session, &mut report.committed, journal.as_mut());
-        write_events(&mut session, &mut report.events, events_file.as_mut(), opts)?;
+        write_events(&mut session, &mut report.events, events_file.as_mut())?;
         if let Some(b) = &bar {
             b.set_position(session.now_ms().min(report.input_ms));
         }
     }
     session.shutdown();
     commit_to_journal(&mut session, &mut report.committed, journal.as_mut());
-    write_events(&mut session, &mut report.events, events_file.as_mut(), opts)?;
+    write_events(&mut session, &mut report.events, events_file.as_mut())?;
     if let Some(j) = journal.as_mut() {
         j.finish(session.coordinator().quarantined());
         report.session_id = Some(j.id().to_string());
-    }
-    if let Some(f) = events_file.as_mut() {
-        f.flush().map_err(|cause| ReplayError::Events {
-            path: opts.events.clone().unwrap_or_default(),
-            cause,
-        })?;
     }
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -265,25 +257,16 @@ fn commit_to_journal(
 fn write_events(
     session: &mut Session,
     all: &mut Vec<TimedEvent>,
-    file: Option<&mut std::io::BufWriter<std::fs::File>>,
-    opts: &ReplayOptions,
+    log: Option<&mut EventLog>,
 ) -> Result<(), ReplayError> {
     let start = all.len();
     all.extend(session.drain_events());
-    if let Some(f) = file {
-        for e in &all[start..] {
-            let line = serde_json::to_string(e).unwrap_or_default();
-            writeln!(f, "{line}").map_err(|cause| ReplayError::Events {
-                path: opts.events.clone().unwrap_or_default(),
+    if let Some(log) = log {
+        log.write(&all[start..])
+            .map_err(|cause| ReplayError::Events {
+                path: log.path().to_path_buf(),
                 cause,
             })?;
-        }
-        if all.len() > start {
-            f.flush().map_err(|cause| ReplayError::Events {
-                path: opts.events.clone().unwrap_or_default(),
-                cause,
-            })?;
-        }
     }
     Ok(())
 }

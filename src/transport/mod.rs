@@ -5,7 +5,9 @@
 //! - [`websocket`]: `colloquy serve`, the talk page and one session per
 //!   WebSocket connection.
 //! - [`local`]: the computer's microphone and speaker (`cpal`), `colloquy run`.
+//! - [`event_log`]: the JSONL event log replay and run write.
 
+pub mod event_log;
 pub mod file;
 pub mod local;
 pub mod websocket;

@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: assets, synthetic timelines, energy.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::path::{Path, PathBuf};
 
 pub fn asset(rel: &str) -> PathBuf {

@@ -36,12 +36,12 @@ use crate::agent::{Agent, CostMode};
 use crate::audio::{input_ring, output_ring};
 use crate::frame::{Event, TimedEvent};
 use crate::session::{Pacing, Session, SessionConfig, SessionError};
+use crate::transport::event_log::EventLog;
 use crate::turn::CommittedRound;
 use callback::{CallbackShared, InputCallback, OutputCallback};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{SampleFormat, StreamConfig};
 use status::{StatusLine, StatusModel};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -473,12 +473,10 @@ pub fn run(
     })?;
 
     let mut events_file = match &opts.events {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|cause| LocalError::Events {
-                path: path.clone(),
-                cause,
-            })?,
-        )),
+        Some(path) => Some(EventLog::create(path).map_err(|cause| LocalError::Events {
+            path: path.clone(),
+            cause,
+        })?),
         None => None,
     };
 
@@ -654,7 +652,7 @@ pub fn run(
         for e in &all_events[first..] {
             model.on_event(e);
         }
-        write_events(events_file.as_mut(), &all_events[first..], opts)?;
+        write_events(events_file.as_mut(), &all_events[first..])?;
         if let Some(s) = status.as_mut() {
             s.set(model.line(session.coordinator().state()));
         }
@@ -687,13 +685,7 @@ pub fn run(
     committed.extend(rounds);
     let first = all_events.len();
     all_events.extend(session.drain_events());
-    write_events(events_file.as_mut(), &all_events[first..], opts)?;
-    if let Some(f) = events_file.as_mut() {
-        f.flush().map_err(|cause| LocalError::Events {
-            path: opts.events.clone().unwrap_or_default(),
-            cause,
-        })?;
-    }
+    write_events(events_file.as_mut(), &all_events[first..])?;
     counters.input_overruns = in_stats.overruns.load(Ordering::Relaxed);
     counters.output_underruns = out_stats.underruns.load(Ordering::Relaxed);
     counters.flushed = out_stats.flushed.load(Ordering::Relaxed);
@@ -721,24 +713,14 @@ fn say(status: &Option<StatusLine>, line: &str) {
     }
 }
 
-fn write_events(
-    file: Option<&mut std::io::BufWriter<std::fs::File>>,
-    events: &[TimedEvent],
-    opts: &LocalOptions,
-) -> Result<(), LocalError> {
-    let Some(f) = file else {
-        return Ok(());
-    };
-    for e in events {
-        let line = serde_json::to_string(e).unwrap_or_default();
-        writeln!(f, "{line}").map_err(|cause| LocalError::Events {
-            path: opts.events.clone().unwrap_or_default(),
+fn write_events(log: Option<&mut EventLog>, events: &[TimedEvent]) -> Result<(), LocalError> {
+    // Live log: each pass is flushed, so `tail -f` and tests see events as
+    // they happen (event_log invariant 1).
+    match log {
+        Some(log) => log.write(events).map_err(|cause| LocalError::Events {
+            path: log.path().to_path_buf(),
             cause,
-        })?;
+        }),
+        None => Ok(()),
     }
-    // Live log: flush each pass so `tail -f` and tests see events as they happen.
-    f.flush().map_err(|cause| LocalError::Events {
-        path: opts.events.clone().unwrap_or_default(),
-        cause,
-    })
 }

@@ -1,0 +1,89 @@
+//! WebSocket test helpers: an in-process `colloquy serve` on 127.0.0.1 port
+//! 0, and bounded waits for what it sends (never sleeps).
+
+use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server};
+use futures::StreamExt;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The longest wait for any expected message.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running on its own task until [`Running::stop`].
+pub struct Running {
+    /// `ws://127.0.0.1:PORT/ws`
+    pub base: String,
+    pub token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Binds and runs a server with `config` and `agents`.
+    pub async fn start(config: ServeConfig, agents: AgentFactory) -> Self {
+        let token = config.token.clone();
+        let server = Server::bind(config, agents).await.expect("bind");
+        let base = format!("ws://{}/ws", server.local_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server run");
+        });
+        Self {
+            base,
+            token,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Stops the server and waits for it (bounded).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("server stops")
+            .expect("server task");
+    }
+}
+
+/// Next JSON text message, skipping audio; None when the socket closed.
+pub async fn next_json(ws: &mut Ws) -> Option<serde_json::Value> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message within the wait")?;
+        match msg {
+            Ok(Message::Text(t)) => {
+                return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code.
+pub async fn expect_close(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close within the wait")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
