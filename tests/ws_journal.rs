@@ -20,12 +20,11 @@
 mod common;
 use colloquy::agent::parrot::{ParrotAgent, PARROT_TEXT};
 use colloquy::agent::{Agent, Payload, Reporter, TurnJob};
-use colloquy::audio::{read_wav, resample_to_16k};
 use colloquy::journal::Journal;
 use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server};
 use common::ws::{expect_close, next_json, Running, Ws};
 use futures::SinkExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -163,26 +162,10 @@ async fn greeting(ws: &mut Ws) -> (serde_json::Value, serde_json::Value) {
     (hello, history)
 }
 
-fn speech() -> Vec<i16> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/speech/q-france.wav");
-    let audio = read_wav(&path).expect("read the speech asset");
-    resample_to_16k(&audio).expect("16 kHz")
-}
-
 /// Says one question (faster than real time, 100 ms messages, then a
 /// second of silence) and returns the parrot's `committed` event.
 async fn say_and_commit(ws: &mut Ws) -> serde_json::Value {
-    ws.send(Message::text(
-        r#"{"type":"hello","version":1,"sample_rate":16000}"#,
-    ))
-    .await
-    .expect("hello");
-    let mut samples = speech();
-    samples.extend(std::iter::repeat_n(0i16, 16_000));
-    for chunk in samples.chunks(1600) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-        ws.send(Message::binary(bytes)).await.expect("send audio");
-    }
+    common::ws::say_question(ws).await;
     let committed = expect_type(ws, "committed").await;
     assert_eq!(committed["assistant"], PARROT_TEXT, "{committed}");
     assert_eq!(committed["interrupted"], false, "{committed}");
@@ -304,17 +287,7 @@ async fn a_journal_write_failure_is_an_error_event_and_the_conversation_goes_on(
     )
     .expect("trigger");
     drop(raw);
-    ws.send(Message::text(
-        r#"{"type":"hello","version":1,"sample_rate":16000}"#,
-    ))
-    .await
-    .expect("hello");
-    let mut samples = speech();
-    samples.extend(std::iter::repeat_n(0i16, 16_000));
-    for chunk in samples.chunks(1600) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-        ws.send(Message::binary(bytes)).await.expect("send audio");
-    }
+    common::ws::say_question(&mut ws).await;
     // The round still commits (its event comes first: the write follows the
     // commit), the failure is reported, and the session goes on.
     let (mut committed, mut failed) = (false, false);
@@ -366,17 +339,7 @@ async fn when_the_agent_hangs_up_the_server_says_call_ended_and_closes_normally(
     let mut ws = server.connect(None).await;
     let (hello, _) = greeting(&mut ws).await;
     let id = hello["session"].as_str().expect("session id").to_string();
-    ws.send(Message::text(
-        r#"{"type":"hello","version":1,"sample_rate":16000}"#,
-    ))
-    .await
-    .expect("hello");
-    let mut samples = speech();
-    samples.extend(std::iter::repeat_n(0i16, 16_000));
-    for chunk in samples.chunks(1600) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-        ws.send(Message::binary(bytes)).await.expect("send audio");
-    }
+    common::ws::say_question(&mut ws).await;
     let committed = expect_type(&mut ws, "committed").await;
     assert_eq!(committed["assistant"], "Goodbye.", "{committed}");
     // call_ended comes right after the goodbye's committed, then the close.

@@ -10,11 +10,9 @@
 
 mod common;
 use colloquy::agent::{parrot::ParrotAgent, Agent};
-use colloquy::audio::{read_wav, resample_to_16k};
 use colloquy::transport::websocket::{AgentFactory, ServeConfig};
 use common::ws::{expect_close, next_json, Running, Ws, WAIT};
 use futures::{SinkExt, StreamExt};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -87,27 +85,11 @@ async fn assert_alive(ws: &mut Ws) {
     }
 }
 
-fn speech() -> Vec<i16> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/speech/q-france.wav");
-    let audio = read_wav(&path).expect("read the speech asset");
-    resample_to_16k(&audio).expect("16 kHz")
-}
-
 /// A healthy session: says a question (faster than real time, in 100 ms
 /// messages) and must hear the parrot start answering with audio.
 async fn healthy_session_gets_a_reply(server: &TestServer) {
     let mut ws = server.connect().await;
-    ws.send(Message::text(
-        r#"{"type":"hello","version":1,"sample_rate":16000}"#,
-    ))
-    .await
-    .expect("hello");
-    let mut samples = speech();
-    samples.extend(std::iter::repeat_n(0i16, 16_000));
-    for chunk in samples.chunks(1600) {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-        ws.send(Message::binary(bytes)).await.expect("send audio");
-    }
+    common::ws::say_question(&mut ws).await;
     let mut started = false;
     let mut audio_bytes = 0usize;
     while !(started && audio_bytes >= 640) {

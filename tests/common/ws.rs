@@ -87,3 +87,20 @@ pub async fn expect_close(ws: &mut Ws) -> Option<CloseCode> {
         }
     }
 }
+
+/// Says the question `speech/q-france.wav` at 16 kHz: a `hello`, then the
+/// audio and a second of silence in 100 ms messages, faster than real time.
+pub async fn say_question(ws: &mut Ws) {
+    use futures::SinkExt;
+    ws.send(Message::text(
+        r#"{"type":"hello","version":1,"sample_rate":16000}"#,
+    ))
+    .await
+    .expect("hello");
+    let mut samples = super::load16k("speech/q-france.wav");
+    samples.extend(std::iter::repeat_n(0i16, 16_000));
+    for chunk in samples.chunks(1600) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        ws.send(Message::binary(bytes)).await.expect("send audio");
+    }
+}
