@@ -39,6 +39,9 @@ pub struct Reply {
     pub finish_reason: String,
     /// (prompt, completion) tokens in a final usage chunk.
     pub usage: Option<(u32, u32)>,
+    /// A tool call (name, JSON arguments) streamed after the tokens, in two
+    /// pieces as real servers do; `finish_reason` becomes `tool_calls`.
+    pub tool_call: Option<(String, String)>,
 }
 
 impl Default for Reply {
@@ -64,6 +67,16 @@ impl Reply {
             malformed_after: None,
             empty: false,
             finish_reason: "stop".into(),
+            tool_call: None,
+        }
+    }
+
+    /// A reply that calls the tool `name` with `arguments` (JSON text).
+    pub fn tool_call(name: &str, arguments: &str) -> Self {
+        Self {
+            tool_call: Some((name.into(), arguments.into())),
+            finish_reason: "tool_calls".into(),
+            ..Self::tokens(Vec::<String>::new())
         }
     }
 
@@ -417,7 +430,30 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
                 guard.shared.update(guard.index, |r| r.tokens_sent += 1);
                 return Some((Ok(b), (i + 1, reply, guard, model, false)));
             }
-            let mut tail = chunk(&model, None, Some(&reply.finish_reason)).to_vec();
+            let mut tail = Vec::new();
+            if let Some((name, arguments)) = &reply.tool_call {
+                let (head, rest) = arguments.split_at(arguments.len() / 2);
+                for (i, (id, fname, args)) in [
+                    (Some("call_fake_1"), Some(name.as_str()), head),
+                    (None, None, rest),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let mut call = serde_json::json!({"index": 0, "function": {"arguments": args}});
+                    if i == 0 {
+                        call["id"] = id.into();
+                        call["type"] = "function".into();
+                        call["function"]["name"] = fname.into();
+                    }
+                    let v = serde_json::json!({
+                        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
+                        "choices": [{ "index": 0, "delta": { "tool_calls": [call] }, "finish_reason": null }]
+                    });
+                    tail.extend_from_slice(format!("data: {v}\n\n").as_bytes());
+                }
+            }
+            tail.extend_from_slice(&chunk(&model, None, Some(&reply.finish_reason)));
             if let Some((p, c)) = reply.usage {
                 let u = serde_json::json!({
                     "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model,
