@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of `colloquy serve` in headless Chromium (tests/browser/).
 # Needs Debian `chromium`, node/npm and sox; installs its own npm packages
-# (`npm ci`). Writes docs/screenshot.png.
+# (`npm ci`). Writes docs/screenshot.png and docs/screenshot-flow.png; the
+# flow test needs the embedded models (`colloquy models fetch`).
 #
 #   scripts/browser-test.sh            # build, then test
 #   COLLOQUY_BIN_PREBUILT=path/to/colloquy scripts/browser-test.sh   # skip the build
@@ -35,3 +36,19 @@ cd tests/browser
 npm ci --no-audit --no-fund --loglevel=error
 node talk.test.mjs --bin "$COLLOQUY_BIN" --mic "$work/mic.wav" --out "$work" \
   --screenshot "$root/docs/screenshot.png" --chromium "$chromium_bin"
+
+# A phone booking on the embedded models and flows/restaurant.toml (needs
+# `colloquy models fetch`): the caller answers each question, then confirms
+# by cutting into the read-back.
+cd "$root"
+sp=assets/speech
+sox "$sp/book-hello.wav" -r 16000 -c 1 -b 16 "$work/f1.wav" pad 0.5 7
+sox "$sp/book-party.wav" -r 16000 -c 1 -b 16 "$work/f2.wav" pad 0 6
+sox "$sp/book-time.wav" -r 16000 -c 1 -b 16 "$work/f3.wav" pad 0 7
+sox "$sp/book-name.wav" -r 16000 -c 1 -b 16 "$work/f4.wav" pad 0 4
+sox "$sp/book-yes.wav" -r 16000 -c 1 -b 16 "$work/f5.wav" pad 0 7
+sox "$work"/f{1,2,3,4,5}.wav "$work/booking.wav"
+cd tests/browser
+mkdir -p "$work/flow"
+node flow.test.mjs --bin "$COLLOQUY_BIN" --mic "$work/booking.wav" --out "$work/flow" \
+  --screenshot "$root/docs/screenshot-flow.png" --chromium "$chromium_bin"

@@ -239,6 +239,18 @@ fn restaurant_booking_is_stored_with_the_callers_values_across_a_barge_in() {
         last.messages.last().map(|m| m.content.as_str()),
         Some("Your table is booked. Thank you for calling, goodbye!")
     );
+    // Each function call is an event of its turn, with its result.
+    let tools: Vec<(String, String)> = r
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Tool { name, result, .. } => Some((name.clone(), result.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tools.len(), 5, "{tools:?}");
+    assert_eq!(tools[4].0, "confirm_booking");
+    assert!(tools[4].1.starts_with(r#"{"stored":"#), "{tools:?}");
     // Every spoken line came from the flow: the model was never asked.
     assert_eq!(run.model.calls(), 0);
     let history: Vec<_> = r

@@ -310,10 +310,11 @@ final = true
 }
 
 #[test]
-fn on_enter_say_and_arguments_with_unknown_slots_are_reported() {
+fn on_enter_say_reprompt_and_arguments_with_unknown_slots_are_reported() {
     let text = r#"
 initial_node = "a"
 [nodes.a]
+reprompt = "Sorry {nam}?"
 [[nodes.a.functions]]
 name = "store"
 handler = "kv_set"
@@ -325,7 +326,13 @@ final = true
 on_enter = { say = "Thanks {nme}." }
 "#;
     let (_path, problems, shown) = problems("x.toml", text);
-    assert_eq!(problems.len(), 2, "{shown}");
+    assert_eq!(problems.len(), 3, "{shown}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.reason.starts_with("reprompt uses unknown slot {nam}")),
+        "{shown}"
+    );
     assert_eq!(problems[0].node.as_deref(), Some("a"));
     assert!(
         problems[0]
@@ -333,9 +340,11 @@ on_enter = { say = "Thanks {nme}." }
             .contains("argument \"booking\" uses unknown slot {when}"),
         "{shown}"
     );
-    assert_eq!(problems[1].node.as_deref(), Some("b"));
+    // Node "a": its function's argument, then its reprompt; then node "b".
+    assert_eq!(problems[1].node.as_deref(), Some("a"));
+    assert_eq!(problems[2].node.as_deref(), Some("b"));
     assert!(
-        problems[1]
+        problems[2]
             .reason
             .starts_with("on_enter.say uses unknown slot {nme}"),
         "{shown}"

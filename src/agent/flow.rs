@@ -98,11 +98,16 @@ pub fn plan_turn(
             end_call: false,
         };
     }
-    FlowTurn {
-        tool: None,
-        reply: FlowReply::Model(model_request(
+    // Nothing fired: the node's reprompt, or the model.
+    let reply = match state.current(flow).and_then(|n| n.reprompt.as_deref()) {
+        Some(line) => FlowReply::Say(state.render(line, None)),
+        None => FlowReply::Model(model_request(
             flow, &state, options, history, transcript, None,
         )),
+    };
+    FlowTurn {
+        tool: None,
+        reply,
         end_call: false,
     }
 }
@@ -255,6 +260,26 @@ on_enter = { say = "Goodbye.", end_call = true }
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_node_with_a_reprompt_says_it_instead_of_asking_the_model() {
+        let text = FLOW.replace(
+            "role_prompt = \"You help.\"",
+            "role_prompt = \"You help.\"\nreprompt = \"Sorry? Ask me the time.\"",
+        );
+        let flow = Flow::parse("t.toml", &text).unwrap();
+        let history = [ChatMessage::user("Hello?"), ChatMessage::assistant("Hi")];
+        let t = plan_turn(
+            &flow,
+            &VoiceOptions::default(),
+            &history,
+            "Tell me a joke",
+            3,
+            now(),
+        );
+        assert_eq!(t.reply, FlowReply::Say("Sorry? Ask me the time.".into()));
+        assert!(t.tool.is_none());
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct Node {
     /// Actions run when the conversation enters the node.
     #[serde(default)]
     pub on_enter: OnEnter,
+    /// Said (a `{slot}` template) when the caller's words fire no function
+    /// here, instead of asking the model: for small models that ramble.
+    #[serde(default)]
+    pub reprompt: Option<String>,
     /// The functions (tools) offered in this node, in declaration order.
     #[serde(default)]
     pub functions: Vec<Function>,

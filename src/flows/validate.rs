@@ -212,13 +212,16 @@ pub(crate) fn validate(flow: &RawFlow) -> Vec<Problem> {
                 }
             }
         }
-        if let Some(say) = &node.on_enter.say {
-            for slot in placeholders(say) {
+        for (field, text) in [
+            ("on_enter.say", &node.on_enter.say),
+            ("reprompt", &node.reprompt),
+        ] {
+            for slot in text.as_deref().map(placeholders).unwrap_or_default() {
                 if !slots.contains(slot) {
                     problems.push(node_problem(
                         name,
                         format!(
-                            "on_enter.say uses unknown slot {{{slot}}} ({})",
+                            "{field} uses unknown slot {{{slot}}} ({})",
                             slot_hint(&slots)
                         ),
                     ));

@@ -74,6 +74,14 @@ pub enum Event {
         assistant: String,
         interrupted: bool,
     },
+    /// A function (tool) of the turn ran; its call and result were staged
+    /// together (they enter history with the turn's round, or not at all).
+    Tool {
+        epoch: u64,
+        name: String,
+        arguments: String,
+        result: String,
+    },
     /// The conversation is over (a flow hung up): sent once, after the
     /// round that ended it was committed; transports close the call.
     CallEnded { epoch: u64 },
@@ -125,6 +133,7 @@ impl Event {
             Event::BotStoppedSpeaking { .. } => "bot_stopped_speaking",
             Event::Committed { .. } => "committed",
             Event::CallEnded { .. } => "call_ended",
+            Event::Tool { .. } => "tool",
             Event::Interrupted { .. } => "interrupted",
             Event::ClearPlayback { .. } => "clear_playback",
             Event::FalseInterruption { .. } => "false_interruption",

@@ -426,8 +426,16 @@ impl Coordinator {
         let done = st.done;
         if !chunks.is_empty() {
             self.begin_speaking(now_ms);
+            let epoch = self.epoch;
             for (text, audio) in &chunks {
                 self.playout.enqueue(text, audio);
+                self.emit(
+                    now_ms,
+                    Event::BotText {
+                        epoch,
+                        text: text.clone(),
+                    },
+                );
             }
             self.playout.pump();
         } else if done {
@@ -613,9 +621,21 @@ impl Coordinator {
                 if let Some(st) = self.staging.as_mut() {
                     st.chunks.push((text.clone(), audio));
                 }
-                self.emit(now_ms, Event::BotText { epoch, text });
+                if !held {
+                    // A held turn's text is shown when it is released.
+                    self.emit(now_ms, Event::BotText { epoch, text });
+                }
             }
             Payload::Tool { call, result } => {
+                self.emit(
+                    now_ms,
+                    Event::Tool {
+                        epoch,
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                        result: result.clone(),
+                    },
+                );
                 if let Some(st) = self.staging.as_mut() {
                     st.tools.push((call, result));
                 }

@@ -62,6 +62,10 @@ const turns = new Map(); // epoch -> turn record
 let pendingUser = null; // user bubble not yet tied to an epoch
 let speechStartMs = null;
 let lastSpeech = null; // { endMs, speechMs }
+// Turns opened while the current utterance was still going (speculative
+// turns open at a pause, before speech_stopped).
+let utteranceTurns = [];
+let userSpeaking = false;
 let currentBotEpoch = null;
 let latencyArrivedAt = new Map(); // epoch -> performance.now()
 
@@ -282,6 +286,8 @@ function onEvent(ev) {
       break;
     case 'speech_started':
       speechStartMs = ev.at_ms;
+      userSpeaking = true;
+      utteranceTurns = [];
       if (!pendingUser) {
         pendingUser = bubble('user');
         setUserText(pendingUser, '…', true);
@@ -294,14 +300,29 @@ function onEvent(ev) {
       if (!b.text || b.text === '…') setUserText(b, '(audio)', false);
       setMeta(b, [fmtSecs(ev.speech_ms)]);
       lastSpeech = { endMs: speechStartMs != null ? speechStartMs + ev.speech_ms : null };
+      userSpeaking = false;
+      if (utteranceTurns.length) {
+        // The turn already opened (speculatively) for this utterance.
+        for (const t of utteranceTurns) t.speechEndMs = lastSpeech.endMs;
+        utteranceTurns = [];
+        pendingUser = null;
+      }
       break;
     }
     case 'turn_opened': {
       const t = turnFor(ev.epoch);
       t.user = pendingUser || bubble('user');
       if (!t.user.text || t.user.text === '…') setUserText(t.user, '(audio)', false);
-      t.speechEndMs = lastSpeech ? lastSpeech.endMs : null;
-      pendingUser = null;
+      if (userSpeaking) {
+        // Opened at a pause: the utterance (and its bubble) goes on until
+        // speech_stopped, and may get another turn if this one is dropped.
+        pendingUser = t.user;
+        t.speechEndMs = null;
+        utteranceTurns.push(t);
+      } else {
+        t.speechEndMs = lastSpeech ? lastSpeech.endMs : null;
+        pendingUser = null;
+      }
       break;
     }
     case 'transcript': {
@@ -370,6 +391,25 @@ function onEvent(ev) {
     case 'span': {
       const t = turnFor(ev.epoch);
       t.spans.push(ev.span);
+      break;
+    }
+    case 'tool': {
+      // A flow function ran: a small line in the conversation.
+      const list = $('transcript');
+      clearEmpty(list);
+      const li = document.createElement('li');
+      li.className = 'msg tool';
+      const body = document.createElement('div');
+      body.className = 'body';
+      let args = ev.arguments;
+      try {
+        const parsed = JSON.parse(ev.arguments);
+        args = Object.entries(parsed).map(([k, v]) => `${k}: ${v}`).join(', ');
+      } catch {}
+      body.textContent = `⚙ ${ev.name}(${args})${ev.result && ev.result !== 'done' ? ` → ${ev.result}` : ''}`;
+      li.append(body);
+      list.append(li);
+      list.scrollTop = list.scrollHeight;
       break;
     }
     case 'call_ended':
