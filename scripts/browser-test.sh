@@ -42,7 +42,7 @@ node talk.test.mjs --bin "$COLLOQUY_BIN" --mic "$work/mic.wav" --out "$work" \
 # by cutting into the read-back.
 cd "$root"
 sp=assets/speech
-sox "$sp/book-hello.wav" -r 16000 -c 1 -b 16 "$work/f1.wav" pad 0.5 7
+sox "$sp/book-hello.wav" -r 16000 -c 1 -b 16 "$work/f1.wav" pad 5 7  # after the bot's greeting
 sox "$sp/book-party.wav" -r 16000 -c 1 -b 16 "$work/f2.wav" pad 0 6
 sox "$sp/book-time.wav" -r 16000 -c 1 -b 16 "$work/f3.wav" pad 0 7
 sox "$sp/book-name.wav" -r 16000 -c 1 -b 16 "$work/f4.wav" pad 0 4

@@ -1,7 +1,8 @@
 //! The example flows on the embedded stack (Whisper, SmolLM2, Piper), driven
 //! by synthetic caller recordings (espeak-ng, `assets/speech/book-*.wav` and
 //! `clock-*.wav`): a table is booked over the phone with a barge-in in the
-//! middle of the read-back, and the booking ends in the session journal with
+//! middle of the read-back (after the bot's greeting), and the booking ends
+//! in the session journal with
 //! the values the caller said; the clock flow tells the time, does a sum and
 //! hangs up.
 //!
@@ -24,6 +25,7 @@ fn converse(
     stack: &VoiceStack,
     runtime: &tokio::runtime::Runtime,
     flow: &str,
+    lead_ms: usize,
     clips: &[(&str, usize)],
     dir: &std::path::Path,
 ) -> (ReplayReport, PathBuf) {
@@ -40,7 +42,7 @@ fn converse(
         },
         runtime.handle().clone(),
     ));
-    let audio = common::caller(clips);
+    let audio = common::caller_after(lead_ms, clips);
     let input = dir.join(format!("{flow}.wav"));
     common::write_wav16k(&input, &audio);
     let journal = dir.join("journal.sqlite");
@@ -78,6 +80,8 @@ fn booking_and_clock_flows_work_on_the_embedded_models() {
         &stack,
         &runtime,
         "restaurant.toml",
+        // The bot greets first (≈ 4 s); the caller answers after it.
+        5000,
         &[
             ("book-hello", 7000),
             ("book-party", 6000),
@@ -101,8 +105,14 @@ fn booking_and_clock_flows_work_on_the_embedded_models() {
     assert_eq!(kv.get("party_size").map(String::as_str), Some("4"));
     assert_eq!(kv.get("time").map(String::as_str), Some("7:30"));
     assert_eq!(kv.get("name").map(String::as_str), Some("Smith"));
+    let said_lines = said(&report);
     assert_eq!(
-        said(&report).last().map(String::as_str),
+        said_lines.first().map(String::as_str),
+        Some("Hello, thanks for calling. Would you like to book a table?"),
+        "the bot greets first"
+    );
+    assert_eq!(
+        said_lines.last().map(String::as_str),
         Some("Your table is booked. Thank you for calling, goodbye!")
     );
 
@@ -110,6 +120,7 @@ fn booking_and_clock_flows_work_on_the_embedded_models() {
         &stack,
         &runtime,
         "clock.toml",
+        500,
         &[
             ("clock-time", 7000),
             ("clock-sum", 6000),

@@ -68,8 +68,16 @@ fn a_tool_call_of_a_hosted_model_runs_the_nodes_function_and_moves_the_flow() {
     )
     .expect("replay");
 
-    assert_eq!(report.committed.len(), 2, "events: {:#?}", report.events);
-    let round = &report.committed[1].messages;
+    // The greeting, the caller's request, the party size.
+    assert_eq!(report.committed.len(), 3, "events: {:#?}", report.events);
+    assert_eq!(
+        report.committed[0]
+            .messages
+            .last()
+            .map(|m| m.content.as_str()),
+        Some("Hello, thanks for calling. Would you like to book a table?")
+    );
+    let round = &report.committed[2].messages;
     assert_eq!(round[0].content, "My wife, the kids and me.");
     let call = &round[1].tool_calls[0];
     assert_eq!(call.name, "set_party_size");

@@ -96,8 +96,20 @@ struct Run {
 }
 
 /// Replays `clips` (speech assets) separated by the given gaps (ms after
-/// each clip) through `flow`, the STT answering `words` in order.
-fn run(flow: Arc<Flow>, clips: &[(&str, usize)], words: &[&'static str]) -> Run {
+/// each clip) through `flow`, the STT answering `words` in order. The caller
+/// starts after `lead_ms` (the restaurant greets first).
+fn run(flow: Arc<Flow>, lead_ms: usize, clips: &[(&str, usize)], words: &[&'static str]) -> Run {
+    run_resuming(flow, lead_ms, clips, words, None)
+}
+
+/// [`run`], continuing the journal session of `resume` (its journal file).
+fn run_resuming(
+    flow: Arc<Flow>,
+    lead_ms: usize,
+    clips: &[(&str, usize)],
+    words: &[&'static str],
+    resume: Option<&Run>,
+) -> Run {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -133,14 +145,18 @@ fn run(flow: Arc<Flow>, clips: &[(&str, usize)], words: &[&'static str]) -> Run 
         },
         runtime.handle().clone(),
     ));
-    let audio = common::caller(clips);
+    let audio = common::caller_after(lead_ms, clips);
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("caller.wav");
     common::write_wav16k(&input, &audio);
-    let journal = dir.path().join("journal.sqlite");
+    let journal = match resume {
+        Some(earlier) => earlier.journal.clone(),
+        None => dir.path().join("journal.sqlite"),
+    };
     let mut opts = ReplayOptions::new(&input);
     opts.pace = Pace::Instant;
     opts.journal = Some(journal.clone());
+    opts.resume = resume.and_then(|r| r.report.session_id.clone());
     let report = replay(&opts, agent, SessionConfig::default()).expect("replay");
     drop(runtime);
     Run {
@@ -185,6 +201,10 @@ fn pairs(values: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The restaurant's greeting (58 characters, 3.5 s of tone) plays out
+/// before the caller speaks.
+const GREETING_ROOM: usize = 4500;
+
 /// Clips long enough for the VAD, short enough to keep the test quick.
 const HELLO: &str = "cards-002";
 const ANSWER: &str = "cards-004";
@@ -195,6 +215,7 @@ fn restaurant_booking_is_stored_with_the_callers_values_across_a_barge_in() {
     // 2 s into it.
     let run = run(
         flow("restaurant.toml"),
+        GREETING_ROOM,
         &[
             (HELLO, 6000),
             (ANSWER, 4000),
@@ -228,7 +249,15 @@ fn restaurant_booking_is_stored_with_the_callers_values_across_a_barge_in() {
     let cut = interruptions(r);
     assert_eq!(cut.len(), 1, "{cut:?}");
     assert!(cut[0].starts_with("So that is a table for 4"), "{cut:?}");
-    let read_back = &r.committed[3];
+    // The bot spoke first: the greeting is the first round, with no words
+    // from the caller.
+    assert_eq!(r.committed[0].messages[0].content, "");
+    assert_eq!(
+        r.committed[0].messages.last().map(|m| m.content.as_str()),
+        Some("Hello, thanks for calling. Would you like to book a table?")
+    );
+    assert!(!r.committed[0].interrupted);
+    let read_back = &r.committed[4];
     assert!(read_back.interrupted);
     assert_eq!(
         kv(&run),
@@ -266,6 +295,7 @@ fn restaurant_booking_is_stored_with_the_callers_values_across_a_barge_in() {
 fn a_correction_by_barge_in_stores_the_corrected_booking_only() {
     let run = run(
         flow("restaurant.toml"),
+        GREETING_ROOM,
         &[
             (HELLO, 6000),
             (ANSWER, 4000),
@@ -316,6 +346,7 @@ fn a_correction_by_barge_in_stores_the_corrected_booking_only() {
 fn clock_tools_answer_and_the_call_ends() {
     let run = run(
         flow("clock.toml"),
+        500,
         &[
             (ANSWER, 5000),
             (ANSWER, 5000),
@@ -370,6 +401,7 @@ fn clock_tools_answer_and_the_call_ends() {
 fn the_assistant_flow_is_open_chat_with_the_model() {
     let run = run(
         flow("assistant.toml"),
+        500,
         &[(ANSWER, 5000), (ANSWER, 5000)],
         &["Hello there.", "How are you?"],
     );
@@ -383,4 +415,47 @@ fn the_assistant_flow_is_open_chat_with_the_model() {
             Some("I am not sure.")
         );
     }
+}
+
+#[test]
+fn a_caller_who_cuts_into_the_greeting_is_answered_and_a_resumed_call_is_not_greeted_again() {
+    // The caller starts 0.5 s into the 3.5 s greeting.
+    let first = run(
+        flow("restaurant.toml"),
+        500,
+        &[(HELLO, 6000)],
+        &["I'd like to book a table."],
+    );
+    let r = &first.report;
+    assert_eq!(interruptions(r).len(), 1, "events: {:#?}", r.events);
+    assert_eq!(r.committed.len(), 2, "events: {:#?}", r.events);
+    // What was heard of the greeting is committed, cut.
+    let greeting = &r.committed[0];
+    assert!(greeting.interrupted);
+    assert_eq!(greeting.messages[0].content, "");
+    assert!("Hello, thanks for calling.".starts_with(
+        greeting
+            .messages
+            .last()
+            .map_or("?", |m| m.content.trim_end_matches(['.', ',']))
+    ));
+    assert_eq!(tool_calls(r), ["start_booking"]);
+
+    // Resuming the session (same journal): no second greeting; the flow
+    // goes on in the party node.
+    let again = run_resuming(
+        flow("restaurant.toml"),
+        500,
+        &[(ANSWER, 5000)],
+        &["Two people."],
+        Some(&first),
+    );
+    let r = &again.report;
+    assert_eq!(r.committed.len(), 1, "events: {:#?}", r.events);
+    assert_eq!(tool_calls(r), ["set_party_size"]);
+    assert_eq!(
+        r.committed[0].messages.last().map(|m| m.content.as_str()),
+        Some("And for what time?")
+    );
+    assert_eq!(again.report.session_id, first.report.session_id);
 }

@@ -89,7 +89,8 @@ pub fn plan_turn(
         };
     }
     // The opening line of the initial node answers the caller's first words
-    // (the caller speaks first: there is no bot-initiated turn).
+    // when it was not said yet (no greeting turn, or the caller cut in
+    // before any of it played).
     let opening = flow.initial().on_enter.say.as_deref();
     if let (false, true, Some(say)) = (state.started, history.is_empty(), opening) {
         return FlowTurn {

@@ -38,6 +38,9 @@ pub struct TurnJob {
     /// turn that was not answered yet (the user went on talking) before it.
     pub user_audio: Arc<[i16]>,
     pub cancel: CancellationToken,
+    /// The call just started and the agent speaks first (`user_audio` is
+    /// empty): see [`Agent::greets`].
+    pub greeting: bool,
 }
 
 /// How an agent's compute time is reported.
@@ -159,6 +162,12 @@ pub trait Agent: Send + Sync {
     /// Whether the agent produces transcripts (so backchannels can be told
     /// from real interruptions by their words).
     fn transcribes(&self) -> bool;
+    /// Whether the agent speaks first when a new call starts (a flow whose
+    /// initial node says something on entry). The coordinator then opens a
+    /// greeting turn on the first frame of a session with no history.
+    fn greets(&self) -> bool {
+        false
+    }
     /// LLM span events of this agent's requests, for the session's event log.
     fn span_feed(&self) -> Option<tokio::sync::broadcast::Receiver<crate::llm::span::SpanEvent>> {
         None

@@ -101,6 +101,13 @@ impl Agent for VoiceAgent {
         true
     }
 
+    fn greets(&self) -> bool {
+        self.options
+            .flow
+            .as_ref()
+            .is_some_and(|f| f.initial().on_enter.say.is_some())
+    }
+
     fn span_feed(&self) -> Option<tokio::sync::broadcast::Receiver<SpanEvent>> {
         Some(self.router.runner().sink.subscribe())
     }
@@ -118,6 +125,20 @@ impl Agent for VoiceAgent {
         let stt = self.stt.clone();
         self.runtime.spawn(async move {
             let mut turn = turn;
+            if job.greeting {
+                // The call starts: the initial node's line (Agent::greets).
+                let line = turn.options.flow.as_ref().and_then(|f| {
+                    let say = f.initial().on_enter.say.as_deref()?;
+                    Some(FlowState::start(f).render(say, None))
+                });
+                if let Some(line) = line {
+                    if turn.say(&line).await == Step::Stop {
+                        return;
+                    }
+                }
+                turn.reporter.send(Payload::Done);
+                return;
+            }
             // 1. STT.
             let text = match stt.transcribe(&job.user_audio, &turn.cancel).await {
                 Ok(t) => t.text.trim().to_string(),

@@ -45,7 +45,12 @@ pub enum Event {
         is_final: bool,
     },
     /// A turn opened (the user's end of turn), with its epoch.
-    TurnOpened { epoch: u64 },
+    TurnOpened {
+        epoch: u64,
+        /// The agent speaks first: no user words open this turn.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        greeting: bool,
+    },
     /// A task result was accepted into the turn's staging area.
     Staged { epoch: u64, task: u64, what: String },
     /// A result of a stale or unknown task was dropped.

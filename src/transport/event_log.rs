@@ -64,7 +64,10 @@ mod tests {
         let mut log = EventLog::create(&path).expect("create");
         let e = |t_ms| TimedEvent {
             t_ms,
-            event: Event::TurnOpened { epoch: 1 },
+            event: Event::TurnOpened {
+                epoch: 1,
+                greeting: false,
+            },
         };
         log.write(&[e(20), e(40)]).expect("write");
         // Readable before the log is dropped.

@@ -175,6 +175,8 @@ pub struct Coordinator {
     staging: Option<Staging>,
     suspended: Option<Suspended>,
     call_ended: bool,
+    /// The first frame was seen (the greeting decision is made once).
+    started: bool,
     in_flight: BTreeMap<TaskId, InFlight>,
     outcomes: BTreeMap<TaskId, Outcome>,
     state: TurnState,
@@ -210,6 +212,7 @@ impl Coordinator {
             staging: None,
             suspended: None,
             call_ended: false,
+            started: false,
             in_flight: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             state: TurnState::Idle,
@@ -468,6 +471,14 @@ impl Coordinator {
 
     /// Called once per input frame with the current sample position.
     pub fn on_frame(&mut self, now_sample: u64, now_ms: u64) {
+        if !self.started {
+            // The call starts (invariant 9): an agent that speaks first
+            // greets a new conversation (not a resumed one).
+            self.started = true;
+            if self.agent.greets() && self.history.is_empty() && self.state == TurnState::Idle {
+                self.open_job(Arc::from(Vec::new()), false, true, now_ms, now_ms);
+            }
+        }
         if let Some(start) = self.candidate {
             if self.state == TurnState::Speaking
                 && samples_to_ms(now_sample.saturating_sub(start)) >= self.config.interrupt_min_ms
@@ -488,6 +499,17 @@ impl Coordinator {
     // ---- bot side ----------------------------------------------------------
 
     fn open_turn(&mut self, audio: Arc<[i16]>, judging: bool, end_ms: u64, now_ms: u64) {
+        self.open_job(audio, judging, false, end_ms, now_ms);
+    }
+
+    fn open_job(
+        &mut self,
+        audio: Arc<[i16]>,
+        judging: bool,
+        greeting: bool,
+        end_ms: u64,
+        now_ms: u64,
+    ) {
         self.epoch += 1;
         let task = self.next_task;
         self.next_task += 1;
@@ -520,7 +542,13 @@ impl Coordinator {
             held: false,
         });
         self.state = TurnState::Thinking;
-        self.emit(now_ms, Event::TurnOpened { epoch: self.epoch });
+        self.emit(
+            now_ms,
+            Event::TurnOpened {
+                epoch: self.epoch,
+                greeting,
+            },
+        );
         let mut history = self.history.clone();
         if let Some(s) = &self.suspended {
             // Provisional: what the new turn would see if the interruption is real.
@@ -532,6 +560,7 @@ impl Coordinator {
             history,
             user_audio: audio,
             cancel,
+            greeting,
         };
         let reporter = Reporter::new(
             self.results.clone(),

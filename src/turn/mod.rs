@@ -33,6 +33,10 @@
 //!    user goes on instead, it is cancelled like any dropped reply and its
 //!    late results are quarantined (new epoch). What the user hears is the
 //!    same as without speculation, only sooner.
+//! 9. An agent that greets (`Agent::greets`) gets one greeting turn, opened
+//!    on the first frame of a session whose history is empty; it is an
+//!    ordinary turn (a barge-in cuts it, what was heard is committed) with no
+//!    user words.
 
 mod coordinator;
 pub mod playout;

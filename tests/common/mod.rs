@@ -161,7 +161,12 @@ pub fn stack_or_skip() -> Option<(tokio::runtime::Runtime, colloquy::agent::stac
 /// The caller's side of a conversation: half a second of room noise, then
 /// each speech asset (`speech/NAME.wav`) followed by its gap in ms.
 pub fn caller(clips: &[(&str, usize)]) -> Vec<i16> {
-    let mut pieces = vec![silence_ms(500, 1)];
+    caller_after(500, clips)
+}
+
+/// [`caller`] starting after `lead_ms` of room noise (room for a greeting).
+pub fn caller_after(lead_ms: usize, clips: &[(&str, usize)]) -> Vec<i16> {
+    let mut pieces = vec![silence_ms(lead_ms, 1)];
     for (i, (clip, gap_ms)) in clips.iter().enumerate() {
         pieces.push(load16k(&format!("speech/{clip}.wav")));
         pieces.push(silence_ms(*gap_ms, i as u32 + 2));

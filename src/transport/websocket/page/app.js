@@ -160,9 +160,14 @@ function renderHistory(history) {
     list.append(empty);
   }
   history.forEach((h, i) => {
-    const u = bubble('user');
-    u.li.classList.add('history');
-    setUserText(u, h.user || '(audio)', false);
+    // The voice agent transcribes: a turn without words was the bot's
+    // greeting (or noise), not something the user said.
+    let u = null;
+    if (h.user || stats.agent !== 'voice') {
+      u = bubble('user');
+      u.li.classList.add('history');
+      setUserText(u, h.user || '(audio)', false);
+    }
     const b = bubble('bot');
     b.li.classList.add('history');
     b.text = h.assistant;
@@ -275,6 +280,7 @@ function onEvent(ev) {
       stats.session = ev.session;
       stats.connection = ev.connection;
       stats.resumable = !!ev.resumable;
+      stats.agent = ev.agent;
       storeSession(ev.resumable ? ev.session : null);
       $('agent').textContent = `agent: ${ev.agent} · session ${ev.session}`;
       break;
@@ -311,6 +317,7 @@ function onEvent(ev) {
     }
     case 'turn_opened': {
       const t = turnFor(ev.epoch);
+      if (ev.greeting) break; // the bot speaks first: no user bubble
       t.user = pendingUser || bubble('user');
       if (!t.user.text || t.user.text === '…') setUserText(t.user, '(audio)', false);
       if (userSpeaking) {
