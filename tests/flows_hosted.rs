@@ -16,13 +16,50 @@ use colloquy::session::SessionConfig;
 use colloquy::transport::file::{replay, Pace, ReplayOptions};
 use std::sync::Arc;
 
-#[test]
-fn a_tool_call_of_a_hosted_model_runs_the_nodes_function_and_moves_the_flow() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Replays `clips` through `flow` with every stage on `fake` (no embedded
+/// model is touched: an empty store would fail if it were).
+fn replay_hosted(
+    runtime: &tokio::runtime::Runtime,
+    fake: &FakeOpenAi,
+    flow: Arc<Flow>,
+    clips: &[(&str, usize)],
+) -> colloquy::transport::file::ReplayReport {
+    let opts = StackOptions {
+        llm: vec![format!("{}::chat-fake", fake.base_url())],
+        stt: Some(format!("{}::whisper-1", fake.base_url())),
+        tts: Some(format!("{}::tts-1::alloy", fake.base_url())),
+        flow: Some(flow),
+        ..StackOptions::default()
+    };
+    let store = ModelStore::new(tempfile::tempdir().expect("tempdir").path());
+    let stack = {
+        let _g = runtime.enter();
+        VoiceStack::build(&opts, &store).expect("hosted stack")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("call.wav");
+    common::write_wav16k(&input, &common::caller(clips));
+    let mut ropts = ReplayOptions::new(&input);
+    ropts.pace = Pace::Fast;
+    replay(
+        &ropts,
+        stack.agent(runtime.handle().clone()),
+        SessionConfig::default(),
+    )
+    .expect("replay")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+#[test]
+fn a_tool_call_of_a_hosted_model_runs_the_nodes_function_and_moves_the_flow() {
+    let runtime = runtime();
     let fake = runtime.block_on(FakeOpenAi::start()).expect("fake server");
     fake.push_transcription([
         Reply::tokens(["Hi, I'd like to book a table."]),
@@ -40,33 +77,12 @@ fn a_tool_call_of_a_hosted_model_runs_the_nodes_function_and_moves_the_flow() {
         .map(|l| format!("{l}\n"))
         .collect();
     let flow = Arc::new(Flow::parse(&path, &text).expect("flow"));
-    let opts = StackOptions {
-        llm: vec![format!("{}::chat-fake", fake.base_url())],
-        stt: Some(format!("{}::whisper-1", fake.base_url())),
-        tts: Some(format!("{}::tts-1::alloy", fake.base_url())),
-        flow: Some(flow.clone()),
-        ..StackOptions::default()
-    };
-    // No embedded model is touched: an empty store would fail if it were.
-    let store = ModelStore::new(tempfile::tempdir().expect("tempdir").path());
-    let stack = {
-        let _g = runtime.enter();
-        VoiceStack::build(&opts, &store).expect("hosted stack")
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("call.wav");
-    common::write_wav16k(
-        &input,
-        &common::caller(&[("cards-002", 5000), ("cards-004", 5000)]),
+    let report = replay_hosted(
+        &runtime,
+        &fake,
+        flow.clone(),
+        &[("cards-002", 5000), ("cards-004", 5000)],
     );
-    let mut ropts = ReplayOptions::new(&input);
-    ropts.pace = Pace::Fast;
-    let report = replay(
-        &ropts,
-        stack.agent(runtime.handle().clone()),
-        SessionConfig::default(),
-    )
-    .expect("replay");
 
     // The greeting, the caller's request, the party size.
     assert_eq!(report.committed.len(), 3, "events: {:#?}", report.events);
@@ -125,11 +141,7 @@ fn a_tool_call_of_a_hosted_model_runs_the_nodes_function_and_moves_the_flow() {
 
 #[test]
 fn a_function_without_a_line_has_its_result_put_in_words_by_a_second_request() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let fake = runtime.block_on(FakeOpenAi::start()).expect("fake server");
     fake.push_transcription([Reply::tokens(["Do you know how late it is?"])]);
     fake.push_chat([
@@ -150,29 +162,7 @@ handler = "time"
 "#,
     )
     .expect("flow");
-    let opts = StackOptions {
-        llm: vec![format!("{}::chat-fake", fake.base_url())],
-        stt: Some(format!("{}::whisper-1", fake.base_url())),
-        tts: Some(format!("{}::tts-1::alloy", fake.base_url())),
-        flow: Some(Arc::new(flow)),
-        ..StackOptions::default()
-    };
-    let store = ModelStore::new(tempfile::tempdir().expect("tempdir").path());
-    let stack = {
-        let _g = runtime.enter();
-        VoiceStack::build(&opts, &store).expect("hosted stack")
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("call.wav");
-    common::write_wav16k(&input, &common::caller(&[("cards-004", 5000)]));
-    let mut ropts = ReplayOptions::new(&input);
-    ropts.pace = Pace::Fast;
-    let report = replay(
-        &ropts,
-        stack.agent(runtime.handle().clone()),
-        SessionConfig::default(),
-    )
-    .expect("replay");
+    let report = replay_hosted(&runtime, &fake, Arc::new(flow), &[("cards-004", 5000)]);
     assert_eq!(report.committed.len(), 1, "events: {:#?}", report.events);
     let round = &report.committed[0].messages;
     assert_eq!(round[1].tool_calls[0].name, "current_time");

@@ -16,18 +16,14 @@
 //        [--screenshot PNG] [--chromium /usr/bin/chromium]
 
 import { chromium } from 'playwright-core';
+import { chromiumArgs, parseArgs, reporter } from './lib.mjs';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((acc, a, i, all) => {
-    if (a.startsWith('--')) acc.push([a.slice(2), all[i + 1]]);
-    return acc;
-  }, []),
-);
+const args = parseArgs(process.argv.slice(2));
 const BIN = args.bin;
 const MIC = args.mic;
 const OUT = args.out || fs.mkdtempSync(path.join(os.tmpdir(), 'colloquy-flow-'));
@@ -38,13 +34,7 @@ if (!BIN || !MIC) {
   process.exit(2);
 }
 
-const started = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s]`, ...a);
-const failures = [];
-function check(ok, what, detail) {
-  log(`${ok ? 'ok  ' : 'FAIL'} ${what}${detail !== undefined ? ` (${detail})` : ''}`);
-  if (!ok) failures.push(what);
-}
+const { started, failures, log, check } = reporter();
 
 const journal = path.join(OUT, 'journal.sqlite');
 const token = 'flow-test-' + Math.random().toString(16).slice(2);
@@ -78,18 +68,7 @@ try {
     headless: true,
     viewport: { width: 1280, height: 900 },
     deviceScaleFactor: 1,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--use-fake-ui-for-media-stream',
-      '--use-fake-device-for-media-stream',
-      `--use-file-for-fake-audio-capture=${MIC}%noloop`,
-      '--autoplay-policy=no-user-gesture-required',
-    ],
+    args: chromiumArgs(MIC),
   });
   const page = context.pages()[0] || (await context.newPage());
   page.on('pageerror', (e) => log('page error:', e.message));

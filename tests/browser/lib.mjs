@@ -1,0 +1,41 @@
+// Shared by the browser tests: command-line arguments, the ok/FAIL log, and
+// Chromium's flags for a headless run with a WAV file as the microphone.
+
+/** `--name value` pairs as an object. */
+export function parseArgs(argv) {
+  return Object.fromEntries(
+    argv.reduce((acc, a, i, all) => {
+      if (a.startsWith('--')) acc.push([a.slice(2), all[i + 1]]);
+      return acc;
+    }, []),
+  );
+}
+
+/** A timestamped log and `check(ok, what, detail)` collecting failures. */
+export function reporter() {
+  const started = Date.now();
+  const failures = [];
+  const log = (...a) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s]`, ...a);
+  const check = (ok, what, detail) => {
+    log(`${ok ? 'ok  ' : 'FAIL'} ${what}${detail !== undefined ? ` (${detail})` : ''}`);
+    if (!ok) failures.push(what);
+  };
+  return { started, failures, log, check };
+}
+
+/** Headless Chromium flags: no prompts, `mic` (a WAV) as the microphone. */
+export function chromiumArgs(mic) {
+  return [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--use-fake-ui-for-media-stream',
+    '--use-fake-device-for-media-stream',
+    `--use-file-for-fake-audio-capture=${mic}%noloop`,
+    '--autoplay-policy=no-user-gesture-required',
+  ];
+}
