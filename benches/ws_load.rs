@@ -5,16 +5,32 @@
 //! For each N in `WS_LOAD_SESSIONS` (default `10,25,50,100,150,200,300`) a
 //! fresh server process (`colloquy serve --agent parrot`, journal in a
 //! temporary directory, as every session is journaled by default) is started; N
-//! WebSocket clients each stream `assets/conversation.wav` (looped, each from
-//! a different offset so turns are spread) in real time, 20 ms per message,
-//! for `WS_LOAD_SECS` (default 12) seconds, and time every bot audio frame.
+//! WebSocket clients each stream `assets/conversation.wav` over a −55 dBFS
+//! noise floor (looped, each from a different offset so turns are spread) in
+//! real time, 20 ms per message, for `WS_LOAD_SECS` (default 12) seconds, and
+//! time every bot audio frame.
 //!
-//! A reply's frame k is due at `first frame's arrival + k × 20 ms` — when a
-//! page that starts playing at once would need it. A frame is late when it
-//! arrives more than 20 ms after that. Memory per session is the server's
-//! RSS delta (before the clients, at the end) divided by N.
+//! Density (`WS_LOAD_AGENT=hosted`): the same with the voice agent on hosted
+//! models — STT, chat and TTS all served by the in-process OpenAI-compatible
+//! test server (`llm::testkit::FakeOpenAi`, 300 ms to answer, scripted
+//! text) — the production case. The server process's CPU per session gives
+//! sessions per core (the fake server runs in this process, not counted).
+//!
+//! Each bot audio frame is timed against its due time. The server sends a
+//! reply up to `lead` = 100 ms ahead of real time (`ServeConfig::lead`): the
+//! first 100 ms at once, then one frame per 20 ms tick. So frame k of a
+//! reply (k × 20 ms into it) is due to arrive by `t0 + max(0, k × 20 − 100)
+//! ms`, where t0 is the arrival of the reply's first frame. Its lateness is
+//! its arrival minus that due time; a frame is late when its lateness passes
+//! 20 ms (one tick). A page that starts playing the first frame at once needs
+//! frame k at `t0 + k × 20 ms`: a frame arriving after that is a gap the user
+//! hears (counted separately; the lead absorbs up to 100 ms of lateness).
+//! Memory per session is the server's RSS delta (before the clients, at the
+//! end) divided by N.
 //!
 //! Run: `cargo bench --bench ws_load` (env `WS_LOAD_SESSIONS`, `WS_LOAD_SECS`).
+//! Under `cargo test` (no `--bench` argument) it runs one tiny step (2
+//! sessions, 2 s) to check that it works.
 
 use colloquy::audio::{read_wav, resample_to_16k};
 use futures::{SinkExt, StreamExt};
@@ -27,12 +43,19 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 const FRAME: usize = 320;
+/// The server's send lead (`ServeConfig::lead`, 100 ms by default).
+const LEAD_MS: f64 = 100.0;
 
 #[derive(Default, Debug, Clone)]
 struct SessionResult {
     frames: u64,
+    /// Frames whose lateness against their due time passed 20 ms.
     late: u64,
+    /// Largest lateness against the due time (ms; negative = early).
     max_late_ms: f64,
+    /// Frames that arrived after a page would have played them (gaps).
+    gaps: u64,
+    lateness_ms: Vec<f64>,
     replies: u64,
     send_late_max_ms: f64,
     failed: Option<String>,
@@ -92,18 +115,44 @@ struct ServerProc {
     _journal: tempfile::TempDir,
 }
 
-fn start_server(token: &str) -> ServerProc {
+/// The hosted models of the density run: one in-process OpenAI-compatible
+/// server (`llm::testkit::FakeOpenAi`) answering transcription, chat and
+/// speech, each after 300 ms; chat streams a token every 20 ms; speech is
+/// 10 ms of audio per token (≈ 0.6 s per request).
+fn hosted_models(rt: &tokio::runtime::Runtime) -> colloquy::llm::testkit::FakeOpenAi {
+    use colloquy::llm::testkit::{FakeOpenAi, Reply};
+    let fake = rt
+        .block_on(FakeOpenAi::start())
+        .expect("fake OpenAI server");
+    // Three-character tokens: 60 of them, 1.2 s of streaming, and 0.6 s
+    // of speech per TTS request.
+    let text: Vec<char> = "Paris is the capital of France. It lies on the Seine, in the north. \
+                           About two million people live in the city itself."
+        .chars()
+        .collect();
+    let tokens: Vec<String> = text.chunks(3).map(|c| c.iter().collect()).collect();
+    fake.set_default(
+        Reply::tokens(tokens)
+            .first_token_after(Duration::from_millis(300))
+            .every(Duration::from_millis(20)),
+    );
+    fake
+}
+
+fn start_server(token: &str, hosted: Option<&str>) -> ServerProc {
     let journal = tempfile::tempdir().expect("journal dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_colloquy"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--agent",
-            "parrot",
-            "--max-sessions",
-            "100000",
-        ])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_colloquy"));
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--max-sessions", "100000"]);
+    match hosted {
+        None => cmd.args(["--agent", "parrot"]),
+        Some(base) => cmd
+            .args(["--agent", "voice"])
+            .arg(format!("--llm={base}::fake-chat"))
+            .arg(format!("--stt={base}::whisper-1"))
+            .arg(format!("--tts={base}::tts-1::alloy"))
+            .env("OPENAI_API_KEY", "density-bench"),
+    };
+    let mut child = cmd
         .arg("--journal")
         .arg(journal.path().join("journal.sqlite"))
         .env("COLLOQUY_TOKEN", token)
@@ -187,11 +236,18 @@ async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64
                             r.replies += 1;
                         }
                         if let Some((t0, samples)) = burst.as_mut() {
-                            let due = *t0 + Duration::from_micros(*samples * 1_000_000 / 16_000);
-                            let late = now.saturating_duration_since(due).as_secs_f64() * 1e3;
+                            // Offset of this frame into the reply, and its
+                            // due time with the send lead accounted for.
+                            let offset_ms = *samples as f64 * 1e3 / 16_000.0;
+                            let since_t0 = now.duration_since(*t0).as_secs_f64() * 1e3;
+                            let late = since_t0 - (offset_ms - LEAD_MS).max(0.0);
+                            r.lateness_ms.push(late);
                             r.max_late_ms = r.max_late_ms.max(late);
                             if late > 20.0 {
                                 r.late += 1;
+                            }
+                            if since_t0 > offset_ms {
+                                r.gaps += 1;
                             }
                             *samples += n;
                         }
@@ -217,30 +273,62 @@ async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64
 }
 
 fn main() {
-    let sessions: Vec<usize> = std::env::var("WS_LOAD_SESSIONS")
-        .unwrap_or_else(|_| "10,25,50,100,150,200,300".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let secs: u64 = std::env::var("WS_LOAD_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+    // binary without it: then one tiny step only.
+    let full = std::env::args().any(|a| a == "--bench");
+    let sessions: Vec<usize> = if full {
+        std::env::var("WS_LOAD_SESSIONS")
+            .unwrap_or_else(|_| "10,25,50,100,150,200,300".into())
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    } else {
+        vec![2]
+    };
+    let secs: u64 = if full {
+        std::env::var("WS_LOAD_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(12)
+    } else {
+        2
+    };
+    // WS_LOAD_AGENT=hosted: the voice agent on hosted (scripted) models,
+    // the production case; reports sessions per core (density).
+    let hosted_rt = std::env::var("WS_LOAD_AGENT")
+        .is_ok_and(|a| a == "hosted")
+        .then(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime for the hosted models")
+        });
+    let hosted = hosted_rt.as_ref().map(hosted_models);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/conversation.wav");
-    let audio =
-        Arc::new(resample_to_16k(&read_wav(&path).expect("read conversation.wav")).expect("16k"));
+    // With a noise floor, as a microphone gives (never digital silence).
+    let mut pcm = resample_to_16k(&read_wav(&path).expect("read conversation.wav")).expect("16k");
+    colloquy::audio::signal::add_noise_floor(&mut pcm, -55.0, 1);
+    let audio = Arc::new(pcm);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let agent = if hosted.is_some() {
+        "voice agent on hosted scripted models (STT, chat, TTS: 300 ms each)"
+    } else {
+        "parrot agent"
+    };
     println!(
-        "ws_load: {cores} core(s), parrot agent, {secs} s per step, audio {} ({:.1} s, looped)",
+        "ws_load: {cores} core(s), {agent}, {secs} s per step, audio {} ({:.1} s, looped)",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
         audio.len() as f64 / 16_000.0
     );
     println!(
-        "{:>8} {:>9} {:>9} {:>11} {:>12} {:>8} {:>12} {:>11} {:>10} {:>11} {:>13}",
+        "{:>8} {:>9} {:>9} {:>10} {:>11} {:>5} {:>12} {:>8} {:>12} {:>11} {:>10} {:>11} {:>13}",
         "sessions",
         "frames",
         "late>20ms",
+        "p99 late ms",
         "max late ms",
+        "gaps",
         "client lag ms",
         "replies",
         "RSS delta MiB",
@@ -252,7 +340,7 @@ fn main() {
     let mut held = 0usize;
     for &n in &sessions {
         let token = colloquy::transport::websocket::generate_token();
-        let mut server = start_server(&token);
+        let mut server = start_server(&token, hosted.as_ref().map(|f| f.base_url()).as_deref());
         let pid = server.child.id();
         std::thread::sleep(Duration::from_millis(300));
         let base = rss_kib(pid);
@@ -285,7 +373,20 @@ fn main() {
         let _ = server.child.wait();
         let frames: u64 = results.iter().map(|r| r.frames).sum();
         let late: u64 = results.iter().map(|r| r.late).sum();
-        let max_late = results.iter().map(|r| r.max_late_ms).fold(0.0, f64::max);
+        let max_late = results
+            .iter()
+            .map(|r| r.max_late_ms)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let gaps: u64 = results.iter().map(|r| r.gaps).sum();
+        let mut lateness: Vec<f64> = results
+            .iter()
+            .flat_map(|r| r.lateness_ms.iter().copied())
+            .collect();
+        lateness.sort_by(f64::total_cmp);
+        let p99_late = lateness
+            .get((lateness.len().saturating_sub(1) as f64 * 0.99) as usize)
+            .copied()
+            .unwrap_or(0.0);
         let client_lag = results
             .iter()
             .map(|r| r.send_late_max_ms)
@@ -294,11 +395,13 @@ fn main() {
         let failed: Vec<&String> = results.iter().filter_map(|r| r.failed.as_ref()).collect();
         let delta = peak.saturating_sub(base);
         println!(
-            "{:>8} {:>9} {:>9} {:>11.1} {:>12.1} {:>8} {:>12.1} {:>11.0} {:>10.1} {:>11.2} {:>13}",
+            "{:>8} {:>9} {:>9} {:>10.1} {:>11.1} {:>5} {:>12.1} {:>8} {:>12.1} {:>11.0} {:>10.1} {:>11.2} {:>13}",
             n,
             frames,
             late,
+            p99_late,
             max_late,
+            gaps,
             client_lag,
             replies,
             delta as f64 / 1024.0,
@@ -310,11 +413,20 @@ fn main() {
         if let Some(f) = failed.first() {
             println!("         {} session(s) failed, first: {f}", failed.len());
         }
+        if hosted.is_some() && cpu > 0.0 {
+            let share = cpu / n as f64;
+            println!(
+                "         density: {share:.2} % of a core per session (server process) → {:.0} sessions per core",
+                100.0 / share
+            );
+        }
         if late == 0 && failed.is_empty() && frames > 0 {
             held = n;
         } else {
             break;
         }
     }
-    println!("held: {held} concurrent sessions with no bot frame later than 20 ms");
+    println!(
+        "held: {held} concurrent sessions with no bot frame later than 20 ms past its due time (100 ms send lead accounted for)"
+    );
 }

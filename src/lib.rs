@@ -3,9 +3,9 @@
 //! # Layout
 //! The tree reads like the flow of one conversation:
 //! - [`frame`]: audio frames, control-plane events, clocks.
-//! - [`audio`]: lock-free rings, edge resampling, frame assembly, WAV files.
+//! - [`audio`]: lock-free rings, edge resampling, frame assembly, WAV files,
+//!   test signals (speech over a noise floor) for benches and tests.
 //! - [`vad`]: voice activity backends and the turn-taking state machine.
-//! - [`pipeline`]: generic frame stages on SPSC frame rings (cost measurement).
 //! - [`session`]: one conversation's data plane feeding the coordinator.
 //! - [`turn`]: the turn coordinator (epochs, staging, commit, barge-in) and playout.
 //! - [`agent`]: what answers a turn (parrot, voice = STT → LLM → TTS).
@@ -25,7 +25,6 @@ pub mod frame;
 pub mod journal;
 pub mod llm;
 pub mod models;
-pub mod pipeline;
 pub mod session;
 pub mod stt;
 pub mod tools;

@@ -1,5 +1,5 @@
 //! Audio plumbing between transports and the pipeline: lock-free rings,
-//! edge resampling, frame assembly, and WAV files.
+//! edge resampling, frame assembly, WAV files, and test signals (`signal`).
 //!
 //! # Invariants
 //! 1. Everything on the per-frame path here (`InputRing` push/pop,
@@ -12,6 +12,7 @@
 pub mod assemble;
 pub mod resample;
 pub mod ring;
+pub mod signal;
 pub mod wav;
 
 pub use assemble::FrameAssembler;
