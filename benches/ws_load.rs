@@ -18,9 +18,10 @@
 //!
 //! Each bot audio frame is timed against its due time. The server sends a
 //! reply up to `lead` = 100 ms ahead of real time (`ServeConfig::lead`): the
-//! first 100 ms at once, then one frame per 20 ms tick. So frame k of a
-//! reply (k × 20 ms into it) is due to arrive by `t0 + max(0, k × 20 − 100)
-//! ms`, where t0 is the arrival of the reply's first frame. Its lateness is
+//! first 100 ms at once, then one frame per 20 ms tick, each once its end is
+//! within the lead. So frame k of a reply (k × 20 ms into it) is due to
+//! arrive by `t0 + max(0, (k + 1) × 20 − 100) ms`, where t0 is the arrival
+//! of the reply's first frame. Its lateness is
 //! its arrival minus that due time; a frame is late when its lateness passes
 //! 20 ms (one tick). A page that starts playing the first frame at once needs
 //! frame k at `t0 + k × 20 ms`: a frame arriving after that is a gap the user
@@ -239,8 +240,9 @@ async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64
                             // Offset of this frame into the reply, and its
                             // due time with the send lead accounted for.
                             let offset_ms = *samples as f64 * 1e3 / 16_000.0;
+                            let end_ms = offset_ms + n as f64 * 1e3 / 16_000.0;
                             let since_t0 = now.duration_since(*t0).as_secs_f64() * 1e3;
-                            let late = since_t0 - (offset_ms - LEAD_MS).max(0.0);
+                            let late = since_t0 - (end_ms - LEAD_MS).max(0.0);
                             r.lateness_ms.push(late);
                             r.max_late_ms = r.max_late_ms.max(late);
                             if late > 20.0 {
@@ -422,7 +424,7 @@ fn main() {
         }
         if late == 0 && failed.is_empty() && frames > 0 {
             held = n;
-        } else {
+        } else if hosted.is_none() {
             break;
         }
     }

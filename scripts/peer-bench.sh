@@ -44,7 +44,6 @@ step "pipecat-ai 1.14.0 and its pinned dependencies from PyPI"
 "$venv/bin/python" -c 'import pipecat; assert pipecat.__version__ == "1.14.0", pipecat.__version__'
 
 step "building colloquy's side (cargo bench --bench peer)"
-cargo build --release --workspace --locked
 cargo bench --bench peer --locked --no-run
 
 recording="$out/recording.wav"
