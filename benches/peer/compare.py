@@ -37,7 +37,7 @@ ROWS = [
     ("K=10 stages, closed loop: p99", "stages_closed_loop", 10, None, "p99_us", "µs"),
     ("Silero VAD: CPU per 20 ms frame", "silero_per_frame", None, None, "cpu_us_per_frame", "µs"),
     ("input path with Silero: CPU per frame", "vad_path_per_frame", None, None, "cpu_us_per_frame", "µs"),
-    ("idle session, no VAD model: memory", "idle_session_kib", None, "default", "kib_per_session", "KiB"),
+    ("idle session (colloquy: earshot VAD; pipecat: no VAD): memory", "idle_session_kib", None, "default", "kib_per_session", "KiB"),
     ("idle session, Silero VAD: memory", "idle_session_kib", None, "silero", "kib_per_session", "KiB"),
     ("interruption, 2 s queued: p50", "interruption", None, None, "p50_us", "µs"),
     ("interruption, 2 s queued: p99", "interruption", None, None, "p99_us", "µs"),
