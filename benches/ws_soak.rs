@@ -12,7 +12,8 @@
 //!
 //! - `slow`: `WS_SLOW_SESSIONS` (10) well-behaved sessions for
 //!   `WS_SLOW_SECS` (30) s, first alone, then beside `WS_SLOW_STALLED` (10)
-//!   clients that speak and never read (4 KiB receive buffers). Reports the
+//!   clients that speak and never read (4 KiB receive buffers; the server
+//!   runs with `--send-buffer 8192`, so its writes to them block). Reports the
 //!   well-behaved sessions' frames later than 20 ms in each run.
 //! - `soak`: `WS_SOAK_SESSIONS` (50) sessions for `WS_SOAK_SECS` (1800) s.
 //!   Reports frames, late frames, replies, and the server's RSS and CPU
@@ -95,11 +96,16 @@ struct ServerProc {
 }
 
 fn start_server() -> ServerProc {
+    start_server_with(&[])
+}
+
+fn start_server_with(extra: &[&str]) -> ServerProc {
     let token = colloquy::transport::websocket::generate_token();
     let journal = tempfile::tempdir().expect("journal dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_colloquy"))
         .args(["serve", "--bind", "127.0.0.1:0", "--agent", "parrot"])
         .args(["--max-sessions", "100000"])
+        .args(extra)
         .arg("--journal")
         .arg(journal.path().join("journal.sqlite"))
         .env("COLLOQUY_TOKEN", &token)
@@ -300,7 +306,9 @@ fn slow(audio: &Arc<Vec<i16>>, short: bool) {
         "stalled", "frames", "late>20ms", "max late ms", "replies", "failed"
     );
     for n_stalled in [0, stalled] {
-        let mut server = start_server();
+        // A small send buffer: the server's writes to the stalled block
+        // within a second (the kernel's default grows to hold seconds).
+        let mut server = start_server_with(&["--send-buffer", "8192"]);
         std::thread::sleep(Duration::from_millis(300));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

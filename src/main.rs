@@ -223,6 +223,9 @@ struct ServeArgs {
     /// exempt; given, it applies to loopback too).
     #[arg(long)]
     max_per_address: Option<usize>,
+    /// Kernel send buffer per connection (bytes; default: the kernel's).
+    #[arg(long)]
+    send_buffer: Option<usize>,
     /// Close a connection that sends nothing for this long (s).
     #[arg(long, default_value_t = 120)]
     idle_secs: u64,
@@ -245,6 +248,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.allowed_origins = args.allow_origin;
     config.max_sessions = args.max_sessions;
+    config.send_buffer = args.send_buffer;
     if let Some(n) = args.max_per_address {
         (config.max_per_address, config.per_address_loopback) = (n, true);
     }

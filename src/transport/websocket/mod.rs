@@ -48,6 +48,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use protocol::{ErrorCode, ProtocolError};
 use serde::Serialize;
@@ -125,6 +126,11 @@ pub struct ServeConfig {
     /// A client that does not take what the server sends for this long
     /// (it stopped reading) is dropped.
     pub send_timeout: Duration,
+    /// The kernel send buffer of each connection (`SO_SNDBUF`, bytes);
+    /// none: the kernel's default, which grows on demand. A small one bounds
+    /// what a client that stopped reading can hold before `send_timeout`
+    /// starts to run.
+    pub send_buffer: Option<usize>,
     /// Pipeline settings for each session (rates and pacing are set per
     /// connection).
     pub session: SessionConfig,
@@ -155,6 +161,7 @@ impl ServeConfig {
             rate_limit: RateLimit::default(),
             idle_timeout: Duration::from_secs(120),
             send_timeout: Duration::from_secs(5),
+            send_buffer: None,
             session: SessionConfig::default(),
             dump_dir: None,
             lead: Duration::from_millis(100),
@@ -318,7 +325,13 @@ impl Server {
             stop.cancel();
         });
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app)
+        let send_buffer = shared.config.send_buffer;
+        let listener = self.listener.tap_io(move |tcp| {
+            if let Some(n) = send_buffer {
+                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(n);
+            }
+        });
+        axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await?;
         shared.tracker.close();
