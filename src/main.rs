@@ -219,6 +219,13 @@ struct ServeArgs {
     /// Most conversations at once.
     #[arg(long, default_value_t = 64)]
     max_sessions: usize,
+    /// Most live connections from one client address (default 16, loopback
+    /// exempt; given, it applies to loopback too).
+    #[arg(long)]
+    max_per_address: Option<usize>,
+    /// Kernel send buffer per connection (bytes; default: the kernel's).
+    #[arg(long)]
+    send_buffer: Option<usize>,
     /// Close a connection that sends nothing for this long (s).
     #[arg(long, default_value_t = 120)]
     idle_secs: u64,
@@ -241,6 +248,10 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.allowed_origins = args.allow_origin;
     config.max_sessions = args.max_sessions;
+    config.send_buffer = args.send_buffer;
+    if let Some(n) = args.max_per_address {
+        (config.max_per_address, config.per_address_loopback) = (n, true);
+    }
     config.idle_timeout = Duration::from_secs(args.idle_secs);
     config.dump_dir = args.dump_dir;
     config.session = session_config(&args.pipeline);

@@ -310,3 +310,196 @@ async fn an_idle_connection_gets_an_error_and_a_clean_close() {
     assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Normal));
     server.stop().await;
 }
+
+/// The body of a refused upgrade: `status` and an error with `code`.
+fn assert_refused(result: Result<(Ws, impl std::fmt::Debug), WsError>, status: u16, code: &str) {
+    match result {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status(), status);
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).expect("utf-8");
+            assert!(body.contains(&format!(r#""code":"{code}""#)), "{body}");
+        }
+        Ok(_) => panic!("expected HTTP {status}, got an upgrade"),
+        Err(e) => panic!("expected HTTP {status}, got {e:?}"),
+    }
+}
+
+/// DNS rebinding: a page of `evil.example`, whose name now points at this
+/// machine, sends `Host` and `Origin` that agree with each other. Bound to
+/// every interface, the server must still refuse it (the request's `Host`
+/// is never an allowed origin), and keep accepting its loopback origin.
+#[tokio::test]
+async fn a_rebound_host_and_origin_are_refused_on_every_interface() {
+    let server = TestServer::start(|c| c.bind = "0.0.0.0:0".parse().expect("addr")).await;
+    let port = server
+        .base
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .trim_end_matches("/ws");
+    let url = format!("ws://127.0.0.1:{port}/ws?token={}", server.token);
+    let mut req = url.as_str().into_client_request().expect("request");
+    let evil = format!("evil.example:{port}");
+    req.headers_mut()
+        .insert("Host", HeaderValue::from_str(&evil).expect("host"));
+    req.headers_mut().insert(
+        "Origin",
+        HeaderValue::from_str(&format!("http://{evil}")).expect("origin"),
+    );
+    assert_refused(
+        tokio_tungstenite::connect_async(req).await,
+        403,
+        "bad_origin",
+    );
+    let mut req = url.as_str().into_client_request().expect("request");
+    req.headers_mut().insert(
+        "Origin",
+        HeaderValue::from_str(&format!("http://127.0.0.1:{port}")).expect("origin"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the loopback origin is accepted");
+    assert_alive(&mut ws).await;
+    server.stop().await;
+}
+
+/// WebSocket pings are messages like any other: a flood of them gets the
+/// rate-limit error and the policy close, like a flood of audio.
+#[tokio::test]
+async fn a_ping_flood_is_rate_limited_then_closed() {
+    let server = TestServer::start(|_| {}).await;
+    let mut flood = server.connect().await;
+    for i in 0..3000u32 {
+        if flood
+            .send(Message::Ping(i.to_le_bytes().to_vec().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let v = expect_error(&mut flood, "rate_limited").await;
+    assert!(v["message"].as_str().unwrap_or("").contains("ping"), "{v}");
+    assert_eq!(expect_close(&mut flood).await, Some(CloseCode::Policy));
+    healthy_session_gets_a_reply(&server).await;
+    server.stop().await;
+}
+
+/// Pings keep nothing alive: a client that only pings is closed at the
+/// idle timeout all the same.
+#[tokio::test]
+async fn pings_do_not_reset_the_idle_timer() {
+    let server = TestServer::start(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let mut ws = server.connect().await;
+    let outcome = tokio::time::timeout(WAIT, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if ws.send(Message::Ping(vec![1].into())).await.is_err() {
+                        return None;
+                    }
+                }
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("JSON");
+                        if v["type"] == "error" {
+                            return Some(v);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return None,
+                },
+            }
+        }
+    })
+    .await
+    .expect("pinging did not keep the connection open past the idle timeout");
+    let v = outcome.expect("an error before the close");
+    assert_eq!(v["code"], "idle_timeout", "{v}");
+    assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Normal));
+    server.stop().await;
+}
+
+/// Audio is capped in seconds of audio, not bytes: an 8 kHz client sending
+/// 200 ms messages at 10x real time stays under the message and byte limits
+/// but gets `rate_limited` once its burst of audio is spent.
+#[tokio::test]
+async fn audio_at_ten_times_real_time_is_rate_limited_at_8_khz() {
+    let server = TestServer::start(|_| {}).await;
+    let mut ws = server.connect().await;
+    ws.send(Message::text(
+        r#"{"type":"hello","version":1,"sample_rate":8000}"#,
+    ))
+    .await
+    .expect("hello");
+    let frame = vec![0u8; 1600 * 2]; // 200 ms at 8 kHz
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0u32;
+    let err = tokio::time::timeout(WAIT, async {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    ws.send(Message::binary(frame.clone())).await.expect("send audio");
+                    sent += 1;
+                }
+                msg = ws.next() => {
+                    let Some(Ok(Message::Text(t))) = msg else { continue };
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("JSON");
+                    if v["type"] == "error" {
+                        return v;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("10x real time is refused within the wait");
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    assert!(
+        err["message"].as_str().unwrap_or("").contains("real time"),
+        "{err}"
+    );
+    // The burst (5 s of audio) and 2x real time let through at least 25
+    // messages before the first drop.
+    assert!(sent >= 25, "refused after only {sent} messages");
+    assert_alive(&mut ws).await;
+    server.stop().await;
+}
+
+/// At most `max_per_address` live connections from one address: the next
+/// is refused with 429 until one ends.
+#[tokio::test]
+async fn connections_beyond_the_per_address_limit_are_refused_with_429() {
+    let server = TestServer::start(|c| {
+        c.max_per_address = 2;
+        c.per_address_loopback = true;
+    })
+    .await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    assert_alive(&mut a).await;
+    assert_alive(&mut b).await;
+    assert_refused(
+        tokio_tungstenite::connect_async(server.url()).await,
+        429,
+        "too_many_connections",
+    );
+    a.close(None).await.expect("close");
+    while next_json(&mut a).await.is_some() {}
+    drop(a);
+    let mut tries = 0;
+    let mut c = loop {
+        match tokio_tungstenite::connect_async(server.url()).await {
+            Ok((ws, _)) => break ws,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("address slot not released: {e}"),
+        }
+    };
+    assert_alive(&mut c).await;
+    assert_alive(&mut b).await;
+    server.stop().await;
+}

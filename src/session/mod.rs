@@ -216,6 +216,13 @@ impl Session {
         &self.coordinator
     }
 
+    /// The transport's client reports where its playback is (output-rate
+    /// samples of the bot audio stream), `clear` the clear that stopped it
+    /// there ([`Coordinator::on_played`]).
+    pub fn report_played(&mut self, position: u64, clear: Option<u64>) {
+        self.coordinator.on_played(position, clear);
+    }
+
     /// The session's root cancellation token (cancel = shutdown).
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel

@@ -159,6 +159,13 @@ struct Suspended {
     timing: TurnTiming,
     model: Option<String>,
     end_call: bool,
+    /// The epoch whose `clear_playback` cut it, where it began in the
+    /// output stream, and how much of it had been sent (16 kHz): a client's
+    /// report of where that clear stopped it refines `played` (see
+    /// [`Coordinator::on_played`]).
+    epoch: u64,
+    base: u64,
+    sent: u64,
 }
 
 /// The turn coordinator. Single-threaded (invariant 6).
@@ -746,6 +753,7 @@ impl Coordinator {
     /// Confirmed barge-in (invariant 3).
     fn barge_in(&mut self, now_ms: u64) {
         let played = self.playout.played_16k();
+        let (base, sent) = (self.playout.reply_base(), self.playout.sent_16k());
         self.playout.silence();
         let old_epoch = self.epoch;
         self.emit(now_ms, Event::ClearPlayback { epoch: old_epoch });
@@ -779,9 +787,32 @@ impl Coordinator {
                 timing,
                 model: st.model,
                 end_call: st.end_call,
+                epoch: old_epoch,
+                base,
+                sent,
             });
         }
         self.state = TurnState::Idle;
+    }
+
+    /// The transport's client reports its playout position (output-rate
+    /// samples of the stream; playout invariant 3); `clear` names the
+    /// `clear_playback` that stopped it there. A suspended reply cut by that
+    /// clear and not yet committed is then heard up to exactly there: what
+    /// is committed is what the user heard, not what was sent.
+    pub fn on_played(&mut self, position: u64, clear: Option<u64>) {
+        self.playout.report_position(position);
+        let Some(s) = self.suspended.as_mut() else {
+            return;
+        };
+        if clear != Some(s.epoch) {
+            return;
+        }
+        let played = self.playout.heard_16k(s.base, position, s.sent);
+        if played != s.played {
+            s.played = played;
+            s.spoken = super::playout::spoken_prefix(&spoken_chunks(&s.chunks), played);
+        }
     }
 
     /// The interrupting utterance had no words: resume the suspended reply.
@@ -945,15 +976,7 @@ impl Coordinator {
         let Some(st) = self.staging.take() else {
             return;
         };
-        let chunks: Vec<SpokenChunk> = st
-            .chunks
-            .iter()
-            .map(|(t, a)| SpokenChunk {
-                text: t.clone(),
-                samples: a.len() as u64,
-            })
-            .collect();
-        let spoken = super::playout::spoken_prefix(&chunks, played);
+        let spoken = super::playout::spoken_prefix(&spoken_chunks(&st.chunks), played);
         let mut messages = round_messages(&st.user_text, &st.tools);
         let mut msg = ChatMessage::assistant(spoken);
         msg.interrupted = true;
@@ -1050,6 +1073,16 @@ fn round_messages(user_text: &str, tools: &[(ToolCall, String)]) -> Vec<ChatMess
         }
     }
     messages
+}
+
+fn spoken_chunks(chunks: &[(String, Arc<[i16]>)]) -> Vec<SpokenChunk> {
+    chunks
+        .iter()
+        .map(|(t, a)| SpokenChunk {
+            text: t.clone(),
+            samples: a.len() as u64,
+        })
+        .collect()
 }
 
 fn interrupted_round(s: &Suspended) -> Vec<ChatMessage> {

@@ -10,7 +10,13 @@
 //! 2. `played_16k()` never exceeds `queued_16k()`: the spoken prefix is never
 //!    longer than what was actually produced.
 //! 3. The played count comes from the consumer's counter (what left the ring),
-//!    so it is what the transport played, not what was written.
+//!    so it is what the transport played, not what was written; once the
+//!    transport's client reports its playout position
+//!    ([`Playout::report_position`]: a page that buffers what it was sent),
+//!    it is the lesser of the two, so what was sent but not yet heard never
+//!    counts as heard.
+//! 4. `drained()` follows what left the ring, never the reports: a client
+//!    that stops reporting cannot hold a reply uncommitted.
 
 use crate::audio::resample::i16_to_f32;
 use crate::audio::{EdgeResampler, OutputProducer};
@@ -41,6 +47,9 @@ pub struct Playout {
     /// Samples (16 kHz) of the current reply handed to pending so far.
     queued: u64,
     chunks: Vec<SpokenChunk>,
+    /// The client's playout position (output-rate samples since the start
+    /// of the stream, dropped ones counted as passed), when it reports one.
+    reported: Option<u64>,
 }
 
 /// Samples moved per `pump` call at most (at 16 kHz): 100 ms.
@@ -68,6 +77,7 @@ impl Playout {
             base_transferred: 0,
             queued: 0,
             chunks: Vec::new(),
+            reported: None,
         })
     }
 
@@ -148,17 +158,51 @@ impl Playout {
         self.queued
     }
 
+    /// Output-rate samples that have left the ring since the stream began.
+    fn transferred(&self) -> u64 {
+        self.producer.stats().transferred.load(Ordering::Acquire)
+    }
+
+    fn to_16k(&self, out: u64) -> u64 {
+        out * SAMPLE_RATE as u64 / self.out_rate as u64
+    }
+
     /// Samples of the current reply the transport has played (16 kHz),
     /// holds invariants 2 and 3.
     pub fn played_16k(&self) -> u64 {
-        let now = self.producer.stats().transferred.load(Ordering::Acquire);
-        let out = now.saturating_sub(self.base_transferred);
-        (out * SAMPLE_RATE as u64 / self.out_rate as u64).min(self.queued)
+        let sent = self.transferred();
+        let heard = self.reported.map_or(sent, |r| r.min(sent));
+        self.to_16k(heard.saturating_sub(self.base_transferred))
+            .min(self.queued)
     }
 
-    /// Whether everything queued has been played.
+    /// Samples of the current reply that have left the ring (16 kHz).
+    pub fn sent_16k(&self) -> u64 {
+        self.to_16k(self.transferred().saturating_sub(self.base_transferred))
+            .min(self.queued)
+    }
+
+    /// Whether everything queued has left the ring (holds invariant 4).
     pub fn drained(&self) -> bool {
-        self.pending.is_empty() && self.played_16k() >= self.queued
+        self.pending.is_empty() && self.sent_16k() >= self.queued
+    }
+
+    /// The client's playout position: output-rate samples of the stream it
+    /// has played, samples it dropped at a clear counted as passed. From the
+    /// first report on, the played count follows the reports (invariant 3).
+    pub fn report_position(&mut self, position: u64) {
+        self.reported = Some(self.reported.map_or(position, |r| r.max(position)));
+    }
+
+    /// Where the current reply began in the stream (output-rate samples).
+    pub fn reply_base(&self) -> u64 {
+        self.base_transferred
+    }
+
+    /// What a client at `position` heard of a reply that began at `base`,
+    /// at most `cap` (what had been sent of it), in 16 kHz samples.
+    pub fn heard_16k(&self, base: u64, position: u64, cap: u64) -> u64 {
+        self.to_16k(position.saturating_sub(base)).min(cap)
     }
 
     /// The reply's chunks so far.
@@ -240,6 +284,28 @@ mod tests {
         assert_eq!(c.read(&mut buf), 0, "silenced audio must not play");
         assert_eq!(play.played_16k(), 320);
         assert_eq!(play.spoken_prefix(play.played_16k()), "");
+    }
+
+    #[test]
+    fn a_reported_position_bounds_what_counts_as_played() {
+        let (p, mut c) = output_ring(16_000);
+        let mut play = Playout::new(p, 16_000).expect("playout");
+        play.begin_reply();
+        play.enqueue("one two three four", &[1000; 3200]);
+        play.pump();
+        let mut buf = [0.0f32; 3200];
+        assert_eq!(c.read(&mut buf), 3200, "all of it sent");
+        assert_eq!(play.played_16k(), 3200, "no reports: sent is played");
+        play.report_position(800);
+        assert_eq!(play.played_16k(), 800, "the client heard a quarter");
+        assert_eq!(play.spoken_prefix(play.played_16k()), "one");
+        assert!(play.drained(), "what was sent drains whatever the reports");
+        play.report_position(400);
+        assert_eq!(play.played_16k(), 800, "positions never go back");
+        play.report_position(99_999);
+        assert_eq!(play.played_16k(), 3200, "never more than was sent");
+        assert_eq!(play.heard_16k(play.reply_base(), 1600, 3200), 1600);
+        assert_eq!(play.heard_16k(play.reply_base(), 1600, 1000), 1000);
     }
 
     #[test]

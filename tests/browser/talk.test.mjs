@@ -12,6 +12,9 @@
 //   4. the transcript shows both sides, with the interrupted reply marked,
 //   5. after a reload the page resumes its conversation: the server's
 //      `history` is drawn in the transcript (the journal's committed turns),
+//   6. heard means heard: the page reported its playout position (`played`,
+//      and at the clear where it stopped), and the committed text of the cut
+//      reply ends within one word of where the page stopped,
 // and saves a screenshot of the page (docs/screenshot.png).
 //
 // Usage: node talk.test.mjs --bin PATH/colloquy --mic FILE.wav --out DIR
@@ -267,6 +270,26 @@ try {
   check(dom.interrupted >= 1 && dom.cut >= 1, 'the interrupted reply is shown cut', `${dom.interrupted}`);
   check(dom.waterfallRows >= 2, 'the latency waterfall has a row per reply', `${dom.waterfallRows}`);
   check(s.errors.length === 0, 'no error events', JSON.stringify(s.errors));
+
+  // Heard means heard. The parrot says PARROT_TEXT over the user's own
+  // utterance audio: the utterance from 300 ms before the speech started
+  // (SessionConfig::lead_ms) to its end, so word k of the 4 is heard once
+  // k/4 of (speech_ms + 300 ms) played.
+  check(s.playedReports >= 10 && s.clearReport != null, 'the page reported its playout position', `${s.playedReports} reports, at the clear ${JSON.stringify(s.clearReport)}`);
+  const PARROT_WORDS = 4; // "(parrot) you said this"
+  const cut = (s.cuts || []).find((c) => c.heard != null && c.committed != null && c.speechMs != null);
+  if (cut) {
+    const replySamples = ((cut.speechMs + 300) * 16000) / 1000;
+    const pageWords = Math.floor((PARROT_WORDS * cut.heard) / replySamples);
+    const committedWords = cut.committed.split(/\s+/).filter(Boolean).length;
+    check(
+      cut.heard > 0 && cut.heard < replySamples && Math.abs(committedWords - pageWords) <= 1,
+      'the committed text of the cut reply ends within one word of where the page stopped',
+      `page stopped after ${(cut.heard / 16).toFixed(0)} ms of ${(replySamples / 16).toFixed(0)} ms = word ${pageWords} of ${PARROT_WORDS}; committed "${cut.committed}" (${committedWords} words)`,
+    );
+  } else {
+    check(false, 'the cut reply was seen whole on the page (start, clear report, commit)', JSON.stringify(s.cuts));
+  }
 
   if (SCREENSHOT) {
     await page.screenshot({ path: SCREENSHOT });

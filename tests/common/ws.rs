@@ -1,8 +1,9 @@
 //! WebSocket test helpers: an in-process `colloquy serve` on 127.0.0.1 port
 //! 0, and bounded waits for what it sends (never sleeps).
 
-use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server};
+use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server, ServerStats};
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -19,6 +20,8 @@ pub struct Running {
     /// `ws://127.0.0.1:PORT/ws`
     pub base: String,
     pub token: String,
+    /// The server's counters.
+    pub stats: Arc<ServerStats>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -29,6 +32,7 @@ impl Running {
         let token = config.token.clone();
         let server = Server::bind(config, agents).await.expect("bind");
         let base = format!("ws://{}/ws", server.local_addr());
+        let stats = server.stats();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -41,6 +45,7 @@ impl Running {
         Self {
             base,
             token,
+            stats,
             stop: Some(tx),
             task,
         }

@@ -13,6 +13,9 @@
 //!   person hears within `lead` plus the page's buffer.
 //! - Events: every session event is forwarded as JSON text, plus `state`
 //!   changes (listening, user_speaking, thinking, speaking).
+//! - Heard: the client's `played` reports (its playout position) go to the
+//!   session, so an interrupted reply is committed as far as the client
+//!   played it, not as far as it was sent.
 //! - Journal: before its `hello` the connection claims a journal session
 //!   (new, or resumed from `?session=`; [`super::journal`]); the resumed
 //!   turns are the session's starting context and are sent as `history`
@@ -25,9 +28,10 @@
 //! 2. Bot audio sent never runs more than `lead` (+ one frame) ahead of wall
 //!    time.
 //! 3. A bad client message costs the client an error event and the message,
-//!    never the session's state; a client that goes on misbehaving (flood,
-//!    oversized frames beyond the hard cap, idle) is closed with a close
-//!    frame after an error event.
+//!    never the session's state; a client that goes on misbehaving (flood of
+//!    messages, pings or audio faster than real time; oversized frames
+//!    beyond the hard cap; idle, where pings do not count as activity) is
+//!    closed with a close frame after an error event.
 //! 4. A committed round is written to the journal before the events drained
 //!    with it are queued, so its `committed` event follows the write
 //!    (journal invariant 2).
@@ -36,6 +40,7 @@
 //!    sent has had its wall time to play.
 
 use super::journal::{Claim, SessionLease};
+use super::limits::{Limiter, Verdict};
 use super::protocol::{
     check_hello, parse_client_text, ClientMessage, ErrorCode, History, Pong, ProtocolError,
     ServerHello, PROTOCOL_VERSION,
@@ -64,8 +69,8 @@ const CLOSE_INTERNAL: u16 = 1011;
 
 /// No client audio for this long: the driver feeds silence itself.
 const QUIET_AFTER: Duration = Duration::from_millis(300);
-/// Longest wait for one batch of sends before the client counts as gone.
-const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the client's close frame after ours.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Protocol errors of one kind are sent at most this often.
 const ERROR_EVERY: Duration = Duration::from_secs(1);
 
@@ -99,38 +104,6 @@ impl Drop for SessionSlot {
     }
 }
 
-/// A token bucket.
-struct Bucket {
-    level: f64,
-    cap: f64,
-    rate: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: f64) -> Self {
-        let cap = burst.max(1.0);
-        Self {
-            level: cap,
-            cap,
-            rate,
-            at: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self, cost: f64, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.level = (self.level + dt * self.rate).min(self.cap);
-        if self.level >= cost {
-            self.level -= cost;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// The live session and its rings.
 struct Live {
     session: Session,
@@ -157,10 +130,9 @@ struct Driver {
     id: String,
     live: Option<Live>,
     out: Vec<Message>,
-    messages: Bucket,
-    bytes: Bucket,
-    dropped_for_rate: u64,
+    limiter: Limiter,
     last_rate_error: Option<Instant>,
+    /// Last data message (text or binary; pings do not count).
     last_message: Instant,
     last_audio: Instant,
     /// Wall time up to which bot audio has been sent (invariant 2).
@@ -205,20 +177,18 @@ pub(crate) async fn run_connection(
                 .stats
                 .messages_rejected
                 .fetch_add(1, Ordering::Relaxed);
-            let _ = flush(&mut socket, &mut out).await;
+            let _ = flush(&mut socket, &mut out, shared.config.send_timeout).await;
             return;
         }
     };
     let (context, history) = (claim.context(), claim.history());
-    let limits = shared.config.rate_limit.clone();
     let now = Instant::now();
+    let limits = shared.config.rate_limit.clone();
     let mut d = Driver {
         id: id.clone(),
         live: None,
         out: Vec::with_capacity(16),
-        messages: Bucket::new(limits.messages_per_sec, limits.message_burst),
-        bytes: Bucket::new(limits.bytes_per_sec, limits.byte_burst),
-        dropped_for_rate: 0,
+        limiter: Limiter::new(limits, now),
         last_rate_error: None,
         last_message: now,
         last_audio: now,
@@ -257,7 +227,7 @@ pub(crate) async fn run_connection(
     let mut tick = tokio::time::interval(Duration::from_millis(FRAME_MS));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let end = loop {
-        if let Err(end) = flush(&mut socket, &mut d.out).await {
+        if let Err(end) = flush(&mut socket, &mut d.out, d.shared.config.send_timeout).await {
             break end;
         }
         tokio::select! {
@@ -289,9 +259,29 @@ pub(crate) async fn run_connection(
             code,
             reason: reason.into(),
         })));
-        let _ = flush(&mut socket, &mut d.out).await;
+        if flush(&mut socket, &mut d.out, d.shared.config.send_timeout)
+            .await
+            .is_ok()
+        {
+            linger(&mut socket).await;
+        }
     }
     tracing::info!(session = %id, "session closed");
+}
+
+/// The closing handshake: reads (and drops) what the client still sends
+/// until its close frame, for at most [`CLOSE_LINGER`]. Closing a socket
+/// with unread input resets it, and the reset can overtake our close frame
+/// (a flooding client would never see why it was closed).
+async fn linger(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Claims this connection's journal session (journal invariants 1 and 3);
@@ -321,7 +311,13 @@ async fn claim_journal(
 }
 
 /// Sends everything queued (holds invariant 1: in order).
-async fn flush(socket: &mut WebSocket, out: &mut Vec<Message>) -> Result<(), End> {
+/// A client that does not take one batch within `timeout` counts as gone:
+/// its own task waits, no other (invariant 3).
+async fn flush(
+    socket: &mut WebSocket,
+    out: &mut Vec<Message>,
+    timeout: Duration,
+) -> Result<(), End> {
     if out.is_empty() {
         return Ok(());
     }
@@ -331,7 +327,7 @@ async fn flush(socket: &mut WebSocket, out: &mut Vec<Message>) -> Result<(), End
         }
         socket.flush().await
     };
-    match tokio::time::timeout(SEND_TIMEOUT, send).await {
+    match tokio::time::timeout(timeout, send).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => {
             out.clear();
@@ -397,37 +393,44 @@ impl Driver {
         }
     }
 
-    fn on_message(&mut self, msg: Message) -> Result<(), End> {
-        let now = Instant::now();
-        self.last_message = now;
-        let len = match &msg {
-            Message::Text(t) => t.len(),
-            Message::Binary(b) => b.len(),
-            Message::Ping(_) | Message::Pong(_) => return Ok(()),
-            Message::Close(_) => return Err(End::Gone),
-        };
-        // Rate limit first: a flood costs as little as possible (invariant 3).
-        let ok_msgs = self.messages.allow(1.0, now);
-        let ok_bytes = self.bytes.allow(len as f64, now);
-        if !(ok_msgs && ok_bytes) {
-            self.dropped_for_rate += 1;
-            let limit = self.shared.config.rate_limit.clone();
-            if self.dropped_for_rate > limit.close_after_dropped {
+    /// Answers a rate-limit verdict: an error (throttled), or the close
+    /// (invariant 3). `Ok(true)`: the message passes.
+    fn rate_verdict(&mut self, verdict: Verdict) -> Result<bool, End> {
+        match verdict {
+            Verdict::Pass => Ok(true),
+            Verdict::Drop(why) => {
+                self.error(ErrorCode::RateLimited, why);
+                Ok(false)
+            }
+            Verdict::Close => {
                 self.fatal(
                     ErrorCode::RateLimited,
                     "too many messages dropped for rate; closing. Send one 20 ms audio frame per message in real time",
                 );
-                return Err(End::Close(CLOSE_POLICY, "rate limit"));
+                Err(End::Close(CLOSE_POLICY, "rate limit"))
             }
-            self.error(
-                ErrorCode::RateLimited,
-                format!(
-                    "message rate over the limit ({} messages/s, {} bytes/s); excess dropped",
-                    limit.messages_per_sec, limit.bytes_per_sec
-                ),
-            );
+        }
+    }
+
+    fn on_message(&mut self, msg: Message) -> Result<(), End> {
+        let now = Instant::now();
+        let len = match &msg {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            // Control frames cost like any message (tungstenite answers
+            // pings itself) and keep nothing alive (invariant 3).
+            Message::Ping(p) | Message::Pong(p) => p.len(),
+            Message::Close(_) => return Err(End::Gone),
+        };
+        // Rate limit first: a flood costs as little as possible (invariant 3).
+        let verdict = self.limiter.admit(len, now);
+        if !self.rate_verdict(verdict)? {
             return Ok(());
         }
+        if matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+            return Ok(());
+        }
+        self.last_message = now;
         let max = self.shared.config.max_message_bytes;
         if len > max {
             self.error(
@@ -457,6 +460,13 @@ impl Driver {
                 Ok(())
             }
             Ok(ClientMessage::Bye) => Err(End::Close(CLOSE_NORMAL, "bye")),
+            Ok(ClientMessage::Played { samples, clear }) => {
+                // Before any session there is nothing to have heard.
+                if let Some(live) = self.live.as_mut() {
+                    live.session.report_played(samples, clear);
+                }
+                Ok(())
+            }
             Ok(ClientMessage::Hello {
                 version,
                 sample_rate,
@@ -548,6 +558,13 @@ impl Driver {
         }
         if self.live.is_none() {
             self.start_session(SAMPLE_RATE)?;
+        }
+        let rate = self.live.as_ref().map_or(SAMPLE_RATE, |l| l.input_rate);
+        let verdict = self
+            .limiter
+            .admit_audio(bytes.len() / 2, rate, Instant::now());
+        if !self.rate_verdict(verdict)? {
+            return Ok(());
         }
         self.last_audio = Instant::now();
         let mut pos = 0;

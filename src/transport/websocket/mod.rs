@@ -5,9 +5,11 @@
 //! in `docs/protocol.md` and [`protocol`].
 //!
 //! Security: a random token (printed in the page URL) is required on the
-//! WebSocket; browsers' `Origin` must be this server's own; messages have a
-//! size limit, connections a rate limit and an idle timeout, the server a
-//! maximum number of sessions.
+//! WebSocket; browsers' `Origin` must be this server's own ([`origin`]: the
+//! request's `Host` is never trusted); messages have a size limit,
+//! connections a rate limit in messages, bytes and seconds of audio, pings
+//! included, and an idle timeout ([`limits`]); the server a maximum number
+//! of sessions, each client address a maximum of live connections.
 //!
 //! Journal: with [`ServeConfig::journal`] set, the server opens the journal
 //! once at start ([`journal::ServerJournal`]); each connection is one
@@ -28,19 +30,25 @@
 //!    other connections are not affected.
 //! 3. A session slot is taken before the upgrade and released when the
 //!    connection task ends (RAII [`conn::SessionSlot`]), so
-//!    `active_sessions <= max_sessions` at all times.
+//!    `active_sessions <= max_sessions` at all times; likewise an address
+//!    slot ([`limits`] invariant 2), so no address holds more than
+//!    `max_per_address` live connections (loopback exempt unless
+//!    `per_address_loopback`).
 
 pub mod conn;
 pub mod journal;
+mod limits;
+mod origin;
 pub mod protocol;
 
 use crate::agent::Agent;
 use crate::session::SessionConfig;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use protocol::{ErrorCode, ProtocolError};
 use serde::Serialize;
@@ -72,6 +80,11 @@ pub struct RateLimit {
     /// Sustained bytes per second (PCM16 at 48 kHz is 96 000/s).
     pub bytes_per_sec: f64,
     pub byte_burst: f64,
+    /// Accepted audio at most this many times real time, whatever the
+    /// sample rate (seconds of audio per second).
+    pub audio_speed: f64,
+    /// Seconds of audio allowed in a burst above `audio_speed`.
+    pub audio_burst_secs: f64,
     /// Messages dropped for rate before the connection is closed.
     pub close_after_dropped: u64,
 }
@@ -83,6 +96,8 @@ impl Default for RateLimit {
             message_burst: 200.0,
             bytes_per_sec: 256.0 * 1024.0,
             byte_burst: 512.0 * 1024.0,
+            audio_speed: 2.0,
+            audio_burst_secs: 5.0,
             close_after_dropped: 500,
         }
     }
@@ -97,11 +112,25 @@ pub struct ServeConfig {
     /// Extra allowed `Origin`s (the server's own loopback origins always are).
     pub allowed_origins: Vec<String>,
     pub max_sessions: usize,
+    /// Most live connections from one client address.
+    pub max_per_address: usize,
+    /// Whether `max_per_address` applies to loopback clients too (off by
+    /// default: a local reverse proxy or benchmark connects from loopback
+    /// for everyone).
+    pub per_address_loopback: bool,
     /// Largest client message accepted (bytes); larger ones get an error.
     pub max_message_bytes: usize,
     pub rate_limit: RateLimit,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// A client that does not take what the server sends for this long
+    /// (it stopped reading) is dropped.
+    pub send_timeout: Duration,
+    /// The kernel send buffer of each connection (`SO_SNDBUF`, bytes);
+    /// none: the kernel's default, which grows on demand. A small one bounds
+    /// what a client that stopped reading can hold before `send_timeout`
+    /// starts to run.
+    pub send_buffer: Option<usize>,
     /// Pipeline settings for each session (rates and pacing are set per
     /// connection).
     pub session: SessionConfig,
@@ -126,9 +155,13 @@ impl ServeConfig {
             token: generate_token(),
             allowed_origins: Vec::new(),
             max_sessions: 64,
+            max_per_address: 16,
+            per_address_loopback: false,
             max_message_bytes: 64 * 1024,
             rate_limit: RateLimit::default(),
             idle_timeout: Duration::from_secs(120),
+            send_timeout: Duration::from_secs(5),
+            send_buffer: None,
             session: SessionConfig::default(),
             dump_dir: None,
             lead: Duration::from_millis(100),
@@ -177,6 +210,8 @@ pub struct ServerStats {
     pub rejected_unauthorized: AtomicU64,
     pub rejected_origin: AtomicU64,
     pub rejected_full: AtomicU64,
+    /// Upgrades refused by the per-address limit.
+    pub rejected_address: AtomicU64,
     /// Client messages dropped with an error (any reason).
     pub messages_rejected: AtomicU64,
     /// 20 ms input frames processed, all sessions.
@@ -201,6 +236,8 @@ pub(crate) struct ServerShared {
     pub tracker: TaskTracker,
     /// The journal, opened once at bind (none: not journaling).
     pub journal: Option<Arc<journal::ServerJournal>>,
+    /// Live connections per client address.
+    pub addresses: Arc<limits::AddressTable>,
 }
 
 /// A bound, not yet running server.
@@ -243,6 +280,7 @@ impl Server {
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 journal,
+                addresses: Arc::default(),
             }),
         })
     }
@@ -286,7 +324,14 @@ impl Server {
             shutdown.await;
             stop.cancel();
         });
-        axum::serve(self.listener, app)
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let send_buffer = shared.config.send_buffer;
+        let listener = self.listener.tap_io(move |tcp| {
+            if let Some(n) = send_buffer {
+                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(n);
+            }
+        });
+        axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await?;
         shared.tracker.close();
@@ -389,55 +434,9 @@ fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Respons
     resp
 }
 
-/// Compares in time independent of where the strings differ.
-fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for (i, &x) in b.iter().enumerate() {
-        diff |= x ^ a.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
-}
-
-/// Whether a browser's `Origin` may open a session (invariant 1).
-fn origin_allowed(
-    origin: Option<&str>,
-    host: Option<&str>,
-    config: &ServeConfig,
-    local: SocketAddr,
-) -> bool {
-    let Some(origin) = origin else {
-        // Not a browser (browsers always send Origin on WebSockets); the
-        // token still guards the session.
-        return true;
-    };
-    let origin = origin.trim_end_matches('/');
-    if config
-        .allowed_origins
-        .iter()
-        .any(|o| o.trim_end_matches('/') == origin)
-    {
-        return true;
-    }
-    let port = local.port();
-    let mut own = vec![
-        format!("http://127.0.0.1:{port}"),
-        format!("http://localhost:{port}"),
-        format!("http://[::1]:{port}"),
-        format!("http://{local}"),
-    ];
-    if local.ip().is_unspecified() {
-        // Listening on every interface: the page is reached by some address
-        // of this machine; accept the page's own origin.
-        if let Some(h) = host {
-            own.push(format!("http://{h}"));
-        }
-    }
-    own.iter().any(|o| o == origin)
-}
-
 async fn ws_handler(
     State(shared): State<Arc<ServerShared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -445,7 +444,7 @@ async fn ws_handler(
     let stats = &shared.stats;
     let config = &shared.config;
     let token = query.get("token").map(String::as_str).unwrap_or("");
-    if !token_matches(token, &config.token) {
+    if !origin::token_matches(token, &config.token) {
         stats.rejected_unauthorized.fetch_add(1, Ordering::Relaxed);
         return error_response(
             StatusCode::UNAUTHORIZED,
@@ -454,8 +453,7 @@ async fn ws_handler(
         );
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !origin_allowed(origin, host, config, shared.local_addr) {
+    if !origin::origin_allowed(origin, config, shared.local_addr) {
         stats.rejected_origin.fetch_add(1, Ordering::Relaxed);
         return error_response(
             StatusCode::FORBIDDEN,
@@ -481,6 +479,25 @@ async fn ws_handler(
             "the server holds its maximum number of sessions; try again later or raise --max-sessions",
         );
     };
+    let ip = peer.ip().to_canonical();
+    let address_slot = if ip.is_loopback() && !config.per_address_loopback {
+        None
+    } else {
+        match limits::AddressTable::take(&shared.addresses, ip, config.max_per_address) {
+            Some(s) => Some(s),
+            None => {
+                stats.rejected_address.fetch_add(1, Ordering::Relaxed);
+                return error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::TooManyConnections,
+                    &format!(
+                        "this address holds {} live connections, the most allowed; close one or raise --max-per-address",
+                        config.max_per_address
+                    ),
+                );
+            }
+        }
+    };
     // The hard cap above our own limit: messages between the two get a
     // protocol error and are dropped; beyond it the socket fails and closes.
     let hard_cap = config.max_message_bytes.saturating_mul(4).max(1024);
@@ -492,7 +509,10 @@ async fn ws_handler(
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| {
-            tracker.track_future(conn::run_connection(socket, shared2, slot, resume))
+            tracker.track_future(async move {
+                let _address = address_slot;
+                conn::run_connection(socket, shared2, slot, resume).await
+            })
         })
 }
 
@@ -501,7 +521,7 @@ async fn stats_handler(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let token = query.get("token").map(String::as_str).unwrap_or("");
-    if !token_matches(token, &shared.config.token) {
+    if !origin::token_matches(token, &shared.config.token) {
         return error_response(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
@@ -522,51 +542,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_comparison_is_exact() {
-        assert!(token_matches("abc", "abc"));
-        assert!(!token_matches("abd", "abc"));
-        assert!(!token_matches("ab", "abc"));
-        assert!(!token_matches("abcd", "abc"));
-        assert!(!token_matches("", "abc"));
+    fn tokens_are_random_128_bit_hex() {
         assert_eq!(generate_token().len(), 32);
         assert_ne!(generate_token(), generate_token());
-    }
-
-    #[test]
-    fn only_own_origins_are_allowed_on_loopback() {
-        let local: SocketAddr = "127.0.0.1:8765".parse().expect("addr");
-        let mut config = ServeConfig::new(local);
-        assert!(origin_allowed(None, None, &config, local));
-        assert!(origin_allowed(
-            Some("http://127.0.0.1:8765"),
-            None,
-            &config,
-            local
-        ));
-        assert!(origin_allowed(
-            Some("http://localhost:8765"),
-            None,
-            &config,
-            local
-        ));
-        assert!(!origin_allowed(
-            Some("http://evil.example"),
-            Some("127.0.0.1:8765"),
-            &config,
-            local
-        ));
-        assert!(!origin_allowed(
-            Some("http://localhost:9999"),
-            None,
-            &config,
-            local
-        ));
-        config.allowed_origins.push("https://app.example".into());
-        assert!(origin_allowed(
-            Some("https://app.example"),
-            None,
-            &config,
-            local
-        ));
     }
 }

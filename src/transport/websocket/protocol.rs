@@ -41,6 +41,16 @@ pub enum ClientMessage {
     },
     /// The client is done: the server ends the session and closes.
     Bye,
+    /// Where the client's playback is: `samples` of the bot audio it was
+    /// sent on this connection have been played (samples dropped at a
+    /// clear count as passed); `clear` names the `clear_playback` (its
+    /// epoch) that stopped playback there. The server commits an
+    /// interrupted reply as heard up to that point.
+    Played {
+        samples: u64,
+        #[serde(default)]
+        clear: Option<u64>,
+    },
 }
 
 /// The server's greeting, sent once right after the upgrade.
@@ -107,6 +117,8 @@ pub enum ErrorCode {
     BadOrigin,
     /// The server holds its maximum number of sessions (HTTP 503).
     TooManySessions,
+    /// The client's address holds its maximum of live connections (HTTP 429).
+    TooManyConnections,
     /// A message larger than the limit; it was dropped.
     MessageTooLarge,
     /// A text message that is not JSON or not a known message; dropped.
@@ -181,16 +193,16 @@ pub fn parse_client_text(text: &str) -> Result<ClientMessage, ProtocolError> {
     let Some(kind) = kind else {
         return Err(ProtocolError::new(
             ErrorCode::BadMessage,
-            "text message has no string \"type\" field; known types: hello, ping, bye",
+            "text message has no string \"type\" field; known types: hello, ping, played, bye",
         ));
     };
     serde_json::from_value(value).map_err(|e| {
-        let known = matches!(kind.as_str(), "hello" | "ping" | "bye");
+        let known = matches!(kind.as_str(), "hello" | "ping" | "played" | "bye");
         let hint = if known {
             format!("bad \"{}\" message: {e}", truncate(&kind, 40))
         } else {
             format!(
-                "unknown message type \"{}\"; known types: hello, ping, bye",
+                "unknown message type \"{}\"; known types: hello, ping, played, bye",
                 truncate(&kind, 40)
             )
         };
@@ -241,6 +253,13 @@ mod tests {
             parse_client_text(r#"{"type":"bye"}"#),
             Ok(ClientMessage::Bye)
         );
+        assert_eq!(
+            parse_client_text(r#"{"type":"played","samples":3200,"clear":4}"#),
+            Ok(ClientMessage::Played {
+                samples: 3200,
+                clear: Some(4)
+            })
+        );
         for bad in [
             "not json",
             "[]",
@@ -248,6 +267,8 @@ mod tests {
             r#"{"type":7}"#,
             r#"{"type":"launch_missiles"}"#,
             r#"{"type":"hello","sample_rate":"fast"}"#,
+            r#"{"type":"played"}"#,
+            r#"{"type":"played","samples":-1}"#,
         ] {
             let err = parse_client_text(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::BadMessage, "{bad}");

@@ -21,6 +21,14 @@ const stats = {
   underruns: 0,
   clears: 0,
   clearedSamples: 0,
+  // `played` reports sent to the server, and the last one sent at a clear.
+  playedReports: 0,
+  clearReport: null,
+  // Per cut reply: where it began in the received stream, the user's
+  // speech it answered (ms), where the page stopped (`heard`, samples of the
+  // reply), and the text the server committed for it.
+  replyStarts: {},
+  cuts: [],
   playbackStarts: 0,
   playing: false,
   playbackRms: 0,
@@ -352,6 +360,8 @@ function onEvent(ev) {
       t.bot.li.classList.add('speaking');
       setBotBody(t.bot);
       currentBotEpoch = ev.epoch;
+      // Events come before the reply's audio: it starts at the next sample.
+      stats.replyStarts[ev.epoch] = stats.receivedSamples;
       updateTurnCount();
       break;
     }
@@ -370,9 +380,18 @@ function onEvent(ev) {
       setMeta(t.bot, [`interrupted after ${fmtSecs(ev.played_ms)}`]);
       break;
     }
-    case 'clear_playback':
-      if (running) running.playback.port.postMessage({ type: 'clear' });
+    case 'clear_playback': {
+      const t = turns.get(ev.epoch);
+      stats.cuts.push({
+        epoch: ev.epoch,
+        start: stats.replyStarts[ev.epoch] ?? null,
+        speechMs: t && t.user ? t.user.audioMs : null,
+        heard: null,
+        committed: null,
+      });
+      if (running) running.playback.port.postMessage({ type: 'clear', epoch: ev.epoch });
       break;
+    }
     case 'false_interruption': {
       const t = turnFor(ev.epoch);
       if (t.bot) setMeta(t.bot, ['kept going (not a real interruption)']);
@@ -384,6 +403,19 @@ function onEvent(ev) {
       if (t.bot && ev.assistant && t.bot.spoken == null && !t.bot.text) {
         t.bot.text = ev.assistant;
         setBotBody(t.bot);
+      }
+      // An interrupted round is committed under a later epoch: it belongs
+      // to the oldest cut not yet committed.
+      const cut = ev.interrupted && stats.cuts.find((c) => c.committed == null);
+      if (cut) {
+        cut.committed = ev.assistant || '';
+        const ct = turns.get(cut.epoch);
+        if (ct && ct.bot && ct.bot.spoken != null) {
+          // What was heard, as the server committed it from our `played`
+          // report (the `interrupted` event's was its estimate at the cut).
+          ct.bot.spoken = cut.committed;
+          setBotBody(ct.bot);
+        }
       }
       if (t.bot) t.bot.li.classList.remove('speaking');
       break;
@@ -437,8 +469,31 @@ function onEvent(ev) {
   }
 }
 
+// Tells the server where playback is (`played`, docs/protocol.md): every
+// ~100 ms while it moves, and at once when a clear stopped it.
+let lastPlayedSent = { position: -1, at: 0 };
+function reportPlayed(position, clearEpoch) {
+  const ws = running && running.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  const now = performance.now();
+  if (clearEpoch == null && (position === lastPlayedSent.position || now - lastPlayedSent.at < 100)) return;
+  const msg = { type: 'played', samples: position };
+  if (clearEpoch != null) {
+    msg.clear = clearEpoch;
+    stats.clearReport = { epoch: clearEpoch, samples: position };
+  }
+  ws.send(JSON.stringify(msg));
+  stats.playedReports++;
+  lastPlayedSent = { position, at: now };
+}
+
 function onPlaybackMessage(msg) {
-  if (msg.type === 'stats') {
+  if (msg.type === 'cleared') {
+    reportPlayed(msg.position, msg.epoch);
+    const cut = stats.cuts.find((c) => c.epoch === msg.epoch);
+    if (cut && cut.start != null) cut.heard = Math.max(0, msg.position - cut.start);
+  } else if (msg.type === 'stats') {
+    reportPlayed(msg.position, null);
     stats.played = msg.played;
     stats.buffered = msg.buffered;
     stats.underruns = msg.underruns;
@@ -527,6 +582,7 @@ async function start() {
     const ws = new WebSocket(`${proto}//${location.host}/ws?${query}`);
     ws.binaryType = 'arraybuffer';
     running = { ctx, stream, ws, capture, playback, source };
+    lastPlayedSent = { position: -1, at: 0 };
     window.colloquyRunning = true;
     let opened = false;
     let stoppedByUser = false;

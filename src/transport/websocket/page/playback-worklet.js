@@ -6,7 +6,11 @@
 // - `clear` drops everything buffered at once (barge-in): the bot stops
 //   within one render quantum.
 // - Counters (played samples at 16 kHz, underruns, clears, RMS) are posted
-//   to the page every ~50 ms.
+//   to the page every ~50 ms, with `position`: samples of the received
+//   stream played so far, dropped ones counted as passed (what the page
+//   reports to the server as `played`).
+// - On a clear, `cleared` carries the position where playback stopped (the
+//   last sample heard) and the clear's epoch, before anything is dropped.
 class PlaybackProcessor extends AudioWorkletProcessor {
   constructor(options) {
     super();
@@ -20,6 +24,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.playing = false;
     this.prev = 0; // last sample, for interpolation across chunks
     this.played = 0;
+    this.passed = 0; // samples of whole chunks played or dropped
     this.underruns = 0;
     this.clears = 0;
     this.cleared = 0;
@@ -45,6 +50,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       }
       this.dryAt = -1;
     } else if (msg.type === 'clear') {
+      this.port.postMessage({ type: 'cleared', epoch: msg.epoch, position: this.position() });
+      this.passed += this.buffered;
       this.cleared += this.buffered;
       this.queue = [];
       this.head = 0;
@@ -81,6 +88,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
           const done = this.queue.shift();
           this.buffered -= done.length;
           this.played += done.length;
+          this.passed += done.length;
         }
       }
       if (this.queue.length === 0) {
@@ -95,11 +103,18 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     return true;
   }
 
+  // Samples of the received stream played or dropped so far.
+  position() {
+    const inChunk = this.queue.length > 0 ? Math.min(Math.floor(this.head), this.queue[0].length) : 0;
+    return this.passed + inChunk;
+  }
+
   report(force) {
     const rms = this.sqCount ? Math.sqrt(this.sumSq / this.sqCount) : 0;
     this.port.postMessage({
       type: 'stats',
       played: this.played,
+      position: this.position(),
       buffered: this.buffered,
       underruns: this.underruns,
       clears: this.clears,
