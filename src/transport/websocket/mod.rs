@@ -13,11 +13,13 @@
 //! once at start ([`journal::ServerJournal`]); each connection is one
 //! journal session, new or resumed with `?session=ID` (`docs/protocol.md`).
 //!
-//! Shutdown: the future given to [`Server::run`] resolving cancels
-//! `ServerShared::cancel`, the root of every connection's token; each
-//! connection then ends its session, sends a close frame and returns; `run`
-//! waits for `ServerShared::tracker` (all connection tasks) for at most
-//! [`SHUTDOWN_GRACE`].
+//! Shutdown (a drain, [`fleet`]): the future given to [`Server::run`]
+//! resolving (SIGTERM or Ctrl-C for `serve`) marks the server draining
+//! (`/readyz` 503) and cancels `ServerShared::cancel`, the root of every
+//! connection's token; the listener stops accepting; each connection ends
+//! its session, sends `draining` and a close 1012 and returns; `run` waits
+//! for `ServerShared::tracker` (all connection tasks), then for the
+//! journal's queued writes, within `--drain-secs` in all.
 //!
 //! # Invariants
 //! 1. A WebSocket is upgraded only with the right token, an allowed (or no)
@@ -31,7 +33,10 @@
 //!    `active_sessions <= max_sessions` at all times.
 
 pub mod conn;
+pub mod fleet;
+pub mod gate;
 pub mod journal;
+pub mod metrics;
 pub mod protocol;
 
 use crate::agent::Agent;
@@ -116,6 +121,8 @@ pub struct ServeConfig {
     /// connection holding it to end (a reloading page's old socket) before
     /// it is refused with `session_in_use`.
     pub resume_wait: Duration,
+    /// Fleet settings: leases, journal retries, drain (`fleet`).
+    pub fleet: fleet::FleetConfig,
 }
 
 impl ServeConfig {
@@ -134,6 +141,7 @@ impl ServeConfig {
             lead: Duration::from_millis(100),
             journal: None,
             resume_wait: Duration::from_secs(2),
+            fleet: fleet::FleetConfig::default(),
         }
     }
 }
@@ -201,6 +209,8 @@ pub(crate) struct ServerShared {
     pub tracker: TaskTracker,
     /// The journal, opened once at bind (none: not journaling).
     pub journal: Option<Arc<journal::ServerJournal>>,
+    /// Drain state for probes and connections (`fleet`).
+    pub fleet: fleet::FleetState,
 }
 
 /// A bound, not yet running server.
@@ -212,6 +222,7 @@ pub struct Server {
 impl Server {
     /// Binds `config.bind` (port 0 picks a free port).
     pub async fn bind(config: ServeConfig, agents: AgentFactory) -> Result<Self, ServeError> {
+        self::metrics::handle();
         if config.token.is_empty() {
             return Err(ServeError::EmptyToken);
         }
@@ -223,7 +234,9 @@ impl Server {
         }
         // Refused at start, before the port is taken (journal invariant 2).
         let journal = match &config.journal {
-            Some(path) => Some(Arc::new(journal::ServerJournal::open(path)?)),
+            Some(path) => Some(Arc::new(
+                journal::ServerJournal::open(path, config.fleet.clone()).await?,
+            )),
             None => None,
         };
         let listener = tokio::net::TcpListener::bind(config.bind)
@@ -243,6 +256,7 @@ impl Server {
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 journal,
+                fleet: fleet::FleetState::default(),
             }),
         })
     }
@@ -282,15 +296,33 @@ impl Server {
         let app = router(shared.clone());
         let cancel = shared.cancel.clone();
         let stop = cancel.clone();
+        let draining = shared.clone();
         tokio::spawn(async move {
             shutdown.await;
+            // Readiness turns 503 first (fleet invariant 2).
+            draining.fleet.draining.store(true, Ordering::Release);
             stop.cancel();
         });
+        let beat = CancellationToken::new();
+        if let Some(j) = &shared.journal {
+            tokio::spawn(j.clone().heartbeat(beat.clone()));
+        }
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await?;
+        // The drain: connections close (1012) and their last writes queue,
+        // then the journal writes what is queued, within the budget.
+        let budget = shared.config.fleet.drain;
+        let until = tokio::time::Instant::now() + budget;
         shared.tracker.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, shared.tracker.wait()).await;
+        let _ = tokio::time::timeout_at(until, shared.tracker.wait()).await;
+        if let Some(j) = &shared.journal {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if !j.close(left).await {
+                tracing::error!("journal: queued writes not finished within the drain budget");
+            }
+        }
+        beat.cancel();
         Ok(())
     }
 }
@@ -304,11 +336,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let server = Server::bind(config, agents).await?;
     on_ready(&server);
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    server.run(fleet::shutdown_signal()).await
 }
 
 fn display_host(addr: SocketAddr) -> String {
@@ -329,6 +357,7 @@ fn router(shared: Arc<ServerShared>) -> Router {
         .route("/playback-worklet.js", get(page_playback))
         .route("/ws", get(ws_handler))
         .route("/stats", get(stats_handler))
+        .merge(fleet::routes())
         .with_state(shared)
 }
 
