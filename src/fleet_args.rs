@@ -39,11 +39,13 @@ fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
 impl FleetArgs {
     /// The fleet settings these flags give.
     pub fn config(&self) -> anyhow::Result<FleetConfig> {
-        let mut c = FleetConfig::default();
-        c.lease_ttl = secs(self.lease_secs, "--lease-secs")?;
-        c.drain = secs(self.drain_secs, "--drain-secs")?;
+        let mut c = FleetConfig {
+            lease_ttl: secs(self.lease_secs, "--lease-secs")?,
+            drain: secs(self.drain_secs, "--drain-secs")?,
+            password_env: self.journal_password_env.clone(),
+            ..FleetConfig::default()
+        };
         c.retry.give_up_after = secs(self.journal_retry_secs, "--journal-retry-secs")?;
-        c.password_env = self.journal_password_env.clone();
         if let Some(id) = &self.instance_id {
             c.instance_id = id.clone();
         }

@@ -152,11 +152,19 @@ impl PgStore {
     fn err(&self, e: tokio_postgres::Error) -> JournalError {
         if e.is_closed() || e.code().is_none() {
             // The connection failed, not the statement: retry helps.
-            return self.unreachable(e);
+            let cause = match std::error::Error::source(&e) {
+                Some(src) => format!("{e}: {src}"),
+                None => e.to_string(),
+            };
+            return self.unreachable(cause);
         }
+        let cause = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
         JournalError::Write {
             path: self.location.clone().into(),
-            cause: e.to_string(),
+            cause,
         }
     }
 

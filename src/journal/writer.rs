@@ -119,19 +119,14 @@ impl Writer {
         }
     }
 
-    /// Queues `op` on its session's lane; a full (or closed) queue returns
+    /// Queues `op` on its session's lane; a full (or closed) queue refuses
     /// it at once with the error to report (invariant 3).
-    pub fn submit(&self, op: Op) -> Result<(), (Op, JournalError)> {
+    pub fn submit(&self, op: Op) -> Result<(), JournalError> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         op.session().hash(&mut h);
-        let full = |op| {
-            (
-                op,
-                JournalError::QueueFull {
-                    location: self.location.clone(),
-                    capacity: self.capacity,
-                },
-            )
+        let full = |_op: Op| JournalError::QueueFull {
+            location: self.location.clone(),
+            capacity: self.capacity,
         };
         let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
         if lanes.is_empty() {

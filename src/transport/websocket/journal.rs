@@ -424,7 +424,7 @@ impl SessionLease {
                     self.in_flight += 1;
                     queued.push(seq);
                 }
-                Err((_, e)) => {
+                Err(e) => {
                     tracing::error!(session = %self.id, turn = idx, error = %e, "journal: committed turn lost");
                     session.report_error(
                         "journal",
@@ -457,7 +457,7 @@ impl SessionLease {
             session: self.id.clone(),
             quarantined,
         };
-        if let Err((_, e)) = self.journal.writer.submit(op) {
+        if let Err(e) = self.journal.writer.submit(op) {
             tracing::warn!(error = %e, "journal: could not record the session summary");
         }
     }
