@@ -155,7 +155,10 @@ fn start_server(token: &str, hosted: Option<&str>) -> ServerProc {
     };
     let mut child = cmd
         .arg("--journal")
-        .arg(journal.path().join("journal.sqlite"))
+        .arg(
+            std::env::var("WS_LOAD_JOURNAL")
+                .unwrap_or_else(|_| journal.path().join("journal.sqlite").display().to_string()),
+        )
         .env("COLLOQUY_TOKEN", token)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -14,6 +14,8 @@ pkgs=(cmake clang libclang-dev pkg-config libasound2-dev libespeak-ng-dev espeak
       pocketsphinx-testdata python3-pip ca-certificates)
 if [ "$want_test" = 1 ]; then
   pkgs+=(pulseaudio pulseaudio-utils libasound2-plugins iproute2 chromium)
+  # PostgreSQL and HAProxy for the fleet test (scripts/fleet-test.sh).
+  pkgs+=(postgresql haproxy)
   # Node.js for the browser test; the machine's own node/npm is fine.
   command -v npm >/dev/null || pkgs+=(nodejs npm)
 fi

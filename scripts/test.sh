@@ -21,5 +21,8 @@ else
   exit 1
 fi
 
+printf '\n==> fleet: journal on PostgreSQL, two instances behind HAProxy\n'
+scripts/fleet-test.sh
+
 printf '\n==> browser end to end (headless Chromium)\n'
 COLLOQUY_BIN_PREBUILT="$COLLOQUY_BIN" scripts/browser-test.sh

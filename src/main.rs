@@ -12,6 +12,8 @@ use colloquy::transport::file::{replay, Pace, ReplayOptions};
 use colloquy::vad::VadKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod fleet_args;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,9 +99,15 @@ enum ModelsAction {
 
 #[derive(clap::Args, Debug, Clone)]
 struct JournalArgs {
-    /// Journal of committed turns (SQLite). Default: the user's data directory.
+    /// Journal of committed turns: a SQLite path (or sqlite:PATH), or for
+    /// `serve` postgres://USER@HOST:PORT/DB (password from PGPASSWORD).
+    /// Default: a SQLite file in the user's data directory.
     #[arg(long, env = "COLLOQUY_JOURNAL")]
     journal: Option<PathBuf>,
+    /// SQLite durability: full (fsync each committed turn; survives power
+    /// loss) or normal (survives a killed process only).
+    #[arg(long, env = "COLLOQUY_JOURNAL_SYNC", default_value = "full")]
+    journal_sync: colloquy::journal::Synchronous,
     /// Don't write a journal.
     #[arg(long)]
     no_journal: bool,
@@ -110,6 +118,7 @@ struct JournalArgs {
 
 impl JournalArgs {
     fn path(&self) -> Option<PathBuf> {
+        colloquy::journal::set_synchronous(self.journal_sync);
         (!self.no_journal).then(|| {
             self.journal
                 .clone()
@@ -237,6 +246,8 @@ struct ServeArgs {
     #[command(flatten)]
     journal: JournalArgs,
     #[command(flatten)]
+    fleet: fleet_args::FleetArgs,
+    #[command(flatten)]
     pipeline: PipelineArgs,
 }
 
@@ -256,7 +267,20 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     config.dump_dir = args.dump_dir;
     config.session = session_config(&args.pipeline);
     config.journal = args.journal.path();
+    config.fleet = args.fleet.config()?;
+    let location = match &config.journal {
+        Some(p) => Some(fleet_args::check_location(p)?),
+        None => None,
+    };
     let resume = match (&args.journal.session, &config.journal) {
+        (Some(id), Some(_))
+            if !matches!(
+                location,
+                Some(colloquy::journal::JournalLocation::Sqlite(_))
+            ) =>
+        {
+            Some(id.clone())
+        }
         (Some(id), Some(path)) => {
             // Checked now, not when the page connects.
             colloquy::journal::Journal::open(path)?.turns(id)?;
@@ -295,9 +319,11 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {e:#}");
-            let bad_input = e
-                .chain()
-                .any(|c| c.is::<colloquy::transport::file::ReplayError>() || c.is::<FlowError>());
+            let bad_input = e.chain().any(|c| {
+                c.is::<colloquy::transport::file::ReplayError>()
+                    || c.is::<FlowError>()
+                    || fleet_args::is_bad_location(c)
+            });
             if bad_input {
                 ExitCode::from(2)
             } else {

@@ -226,3 +226,89 @@ fn killed_replays_leave_every_logged_turn_in_an_intact_journal() {
     assert_eq!(kills, KILLS);
     assert!(checked >= 4, "only {checked} committed turns were checked");
 }
+
+/// Issue 18: kills that land inside a write. The replay aborts (SIGABRT, no
+/// cleanup) inside the N-th turn's transaction, after the turn row was
+/// inserted and before the commit (`COLLOQUY_JOURNAL_FAULT`). The journal
+/// must reopen intact, without that turn (no half turn), with every turn
+/// before it, and every turn whose `committed` event was logged.
+#[test]
+fn an_abort_inside_a_turn_write_leaves_no_half_turn_and_every_committed_turn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.wav");
+    let (timeline, _) = concat(&[
+        silence_ms(500, 1),
+        load16k("speech/cards-001.wav"),
+        silence_ms(4000, 2),
+        load16k("speech/cards-003.wav"),
+        silence_ms(4000, 3),
+        load16k("speech/cards-004.wav"),
+        silence_ms(4000, 4),
+    ]);
+    write_wav16k(&input, &timeline);
+    for mode in ["full", "normal"] {
+        let journal = dir.path().join(format!("journal-{mode}.sqlite"));
+        let mut held: BTreeMap<String, usize> = BTreeMap::new();
+        for n in 1..=3usize {
+            let events = dir.path().join(format!("events-{mode}-{n}.jsonl"));
+            let out = Command::new(env!("CARGO_BIN_EXE_colloquy"))
+                .arg("replay")
+                .arg(&input)
+                .args(["--agent", "parrot", "--pace", "instant"])
+                .args(["--journal-sync", mode])
+                .arg("--journal")
+                .arg(&journal)
+                .arg("--events")
+                .arg(&events)
+                .env_remove("COLLOQUY_JOURNAL")
+                .env(
+                    colloquy::journal::fault::FAULT_ENV,
+                    format!("abort-in-write:{n}"),
+                )
+                .stdin(Stdio::null())
+                .output()
+                .expect("run colloquy replay");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && stderr.contains("aborting inside turn write"),
+                "{mode} write {n}: the replay was not aborted inside the write: {stderr}"
+            );
+            let j = Journal::open(&journal)
+                .unwrap_or_else(|e| panic!("{mode} write {n}: journal does not reopen: {e}"));
+            assert_eq!(j.integrity_check().expect("integrity_check"), "ok");
+            let sessions = j.sessions().expect("sessions");
+            let new: Vec<_> = sessions
+                .iter()
+                .filter(|s| !held.contains_key(&s.id))
+                .collect();
+            assert_eq!(new.len(), 1, "{mode} write {n}: one new session");
+            let turns = j.turns(&new[0].id).expect("turns");
+            assert_eq!(
+                turns.len(),
+                n - 1,
+                "{mode} write {n}: the aborted turn is absent, the ones before it present"
+            );
+            let logged = committed_in_log(&events);
+            assert!(
+                logged.len() <= turns.len(),
+                "{mode} write {n}: {} committed events logged, {} turns kept",
+                logged.len(),
+                turns.len()
+            );
+            for (i, (epoch, assistant, interrupted)) in logged.iter().enumerate() {
+                let t = &turns[i];
+                assert_eq!(
+                    (t.epoch as u64, &t.assistant, t.interrupted),
+                    (*epoch, assistant, *interrupted),
+                    "{mode} write {n}: turn {i}"
+                );
+            }
+            held.insert(new[0].id.clone(), turns.len());
+            assert_eq!(check_rows(&journal), held.values().sum::<usize>());
+        }
+        println!(
+            "crash test ({mode}): aborted inside writes 1..=3; {} turns kept, no half turn",
+            held.values().sum::<usize>()
+        );
+    }
+}

@@ -9,23 +9,98 @@
 //! close.
 //!
 //! Each test runs a server in-process on 127.0.0.1 port 0 with the parrot
-//! agent (wrapped to record the history each turn starts from) and a journal
-//! in a temporary directory, and talks to it with tokio-tungstenite.
+//! agent (wrapped to record the history each turn starts from) and talks to
+//! it with tokio-tungstenite, once per journal backend (issue 15): a SQLite
+//! file in a temporary directory, and a fresh PostgreSQL database when
+//! `scripts/fleet-test.sh` provides one (`tests/common/pg.rs`).
 //!
 //! # Invariants
 //! 1. No sleeps: every wait is for an expected message, bounded by a
 //!    timeout. A turn is looked up in the journal only after its `committed`
-//!    event arrived (the server writes before it sends, conn invariant 4).
+//!    event arrived (the server sends it only once the write is durable,
+//!    conn invariant 4).
 
 mod common;
 use colloquy::agent::parrot::{ParrotAgent, PARROT_TEXT};
 use colloquy::agent::{Agent, Payload, Reporter, TurnJob};
-use colloquy::journal::Journal;
+use colloquy::journal::store::Store;
+use colloquy::journal::TurnRecord;
 use colloquy::transport::websocket::{AgentFactory, ServeConfig, Server};
 use common::ws::{expect_close, next_json, Running, Ws};
 use futures::SinkExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+/// Where a test's journal lives.
+struct Backend {
+    location: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = dir.path().join("journal.sqlite").display().to_string();
+        Self {
+            location,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        Some(Self {
+            location: common::pg::fresh_db().await?,
+            _dir: None,
+        })
+    }
+
+    fn is_postgres(&self) -> bool {
+        self.location.starts_with("postgres")
+    }
+
+    /// Makes every turn write fail (`on`) or succeed again.
+    async fn refuse_turns(&self, on: bool) {
+        if self.is_postgres() {
+            let sql = if on {
+                "CREATE FUNCTION refuse_turns() RETURNS trigger AS $$
+                 BEGIN RAISE EXCEPTION 'simulated write failure'; END $$ LANGUAGE plpgsql;
+                 CREATE TRIGGER refuse_turns BEFORE INSERT ON turns
+                 FOR EACH ROW EXECUTE FUNCTION refuse_turns();"
+            } else {
+                "DROP TRIGGER refuse_turns ON turns; DROP FUNCTION refuse_turns();"
+            };
+            common::pg::execute(&self.location, sql).await;
+        } else {
+            let raw = rusqlite::Connection::open(&self.location).expect("raw open");
+            let sql = if on {
+                "CREATE TRIGGER refuse_turns BEFORE INSERT ON turns
+                 BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END;"
+            } else {
+                "DROP TRIGGER refuse_turns;"
+            };
+            raw.execute_batch(sql).expect("trigger");
+        }
+    }
+}
+
+/// Runs a test body once per backend: `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::sqlite()).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(b) = super::Backend::postgres().await {
+                    super::$name(b).await;
+                }
+            }
+        }
+    };
+}
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -68,21 +143,23 @@ struct TestServer {
     running: Running,
     base: String,
     token: String,
-    journal: PathBuf,
+    store: Arc<dyn Store>,
     histories: Arc<Mutex<Vec<usize>>>,
-    _dir: tempfile::TempDir,
+    backend: Backend,
 }
 
 impl TestServer {
-    async fn start(tune: impl FnOnce(&mut ServeConfig)) -> Self {
-        Self::start_agent(false, tune).await
+    async fn start(backend: Backend, tune: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::start_agent(backend, false, tune).await
     }
 
-    async fn start_agent(hang_up: bool, tune: impl FnOnce(&mut ServeConfig)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let journal = dir.path().join("journal.sqlite");
+    async fn start_agent(
+        backend: Backend,
+        hang_up: bool,
+        tune: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().expect("addr"));
-        config.journal = Some(journal.clone());
+        config.journal = Some(PathBuf::from(&backend.location));
         tune(&mut config);
         let histories = Arc::new(Mutex::new(Vec::new()));
         let recorded = histories.clone();
@@ -97,10 +174,18 @@ impl TestServer {
             base: running.base.clone(),
             token: running.token.clone(),
             running,
-            journal,
+            store: common::pg::store(&backend.location).await,
             histories,
-            _dir: dir,
+            backend,
         }
+    }
+
+    /// The journal's turns of `id` (read through a second store handle).
+    async fn turns(&self, id: &str) -> Vec<TurnRecord> {
+        self.store
+            .turns(id)
+            .await
+            .expect("the session is in the journal")
     }
 
     async fn connect(&self, session: Option<&str>) -> Ws {
@@ -180,9 +265,11 @@ async fn bye(mut ws: Ws) {
     assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Normal));
 }
 
-#[tokio::test]
-async fn a_reconnecting_client_gets_its_history_and_its_next_turn_joins_the_same_session() {
-    let server = TestServer::start(|_| {}).await;
+on_both_backends!(a_reconnecting_client_gets_its_history_and_its_next_turn_joins_the_same_session);
+async fn a_reconnecting_client_gets_its_history_and_its_next_turn_joins_the_same_session(
+    backend: Backend,
+) {
+    let server = TestServer::start(backend, |_| {}).await;
 
     // First connection: a new session, one committed turn.
     let mut a = server.connect(None).await;
@@ -192,11 +279,12 @@ async fn a_reconnecting_client_gets_its_history_and_its_next_turn_joins_the_same
     assert_ne!(hello["connection"], hello["session"], "{hello}");
     assert_eq!(history["turns"], serde_json::json!([]), "{history}");
     say_and_commit(&mut a).await;
-    let turns = Journal::open(&server.journal)
-        .expect("journal")
-        .turns(&id)
-        .expect("the session is in the journal");
-    assert_eq!(turns.len(), 1, "the committed turn was written at once");
+    let turns = server.turns(&id).await;
+    assert_eq!(
+        turns.len(),
+        1,
+        "the committed turn was written before its event"
+    );
     assert_eq!(turns[0].assistant, PARROT_TEXT);
     bye(a).await;
 
@@ -212,14 +300,13 @@ async fn a_reconnecting_client_gets_its_history_and_its_next_turn_joins_the_same
     say_and_commit(&mut b).await;
     bye(b).await;
 
-    let journal = Journal::open(&server.journal).expect("journal");
-    let turns = journal.turns(&id).expect("turns");
+    let turns = server.turns(&id).await;
     assert_eq!(turns.len(), 2, "the resumed turn joined the same session");
     assert_eq!(
         turns.iter().map(|t| t.index).collect::<Vec<_>>(),
         vec![0, 1]
     );
-    let sessions = journal.sessions().expect("sessions");
+    let sessions = server.store.sessions().await.expect("sessions");
     assert_eq!(sessions.len(), 1, "no second session: {sessions:?}");
     assert_eq!(sessions[0].turns, 2);
     // The resumed pipeline started from the first turn (user + assistant).
@@ -227,9 +314,9 @@ async fn a_reconnecting_client_gets_its_history_and_its_next_turn_joins_the_same
     server.stop().await;
 }
 
-#[tokio::test]
-async fn an_unknown_or_malformed_session_id_gets_an_error_and_a_new_session() {
-    let server = TestServer::start(|_| {}).await;
+on_both_backends!(an_unknown_or_malformed_session_id_gets_an_error_and_a_new_session);
+async fn an_unknown_or_malformed_session_id_gets_an_error_and_a_new_session(backend: Backend) {
+    let server = TestServer::start(backend, |_| {}).await;
     for (asked, code) in [
         ("feedfacefeedface", "unknown_session"),
         ("not%20an%20id", "bad_session"),
@@ -254,9 +341,9 @@ async fn an_unknown_or_malformed_session_id_gets_an_error_and_a_new_session() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_session_live_in_another_connection_is_refused() {
-    let server = TestServer::start(|c| c.resume_wait = Duration::from_millis(200)).await;
+on_both_backends!(a_session_live_in_another_connection_is_refused);
+async fn a_session_live_in_another_connection_is_refused(backend: Backend) {
+    let server = TestServer::start(backend, |c| c.resume_wait = Duration::from_millis(200)).await;
     let mut a = server.connect(None).await;
     let (hello, _) = greeting(&mut a).await;
     let id = hello["session"].as_str().expect("id").to_string();
@@ -267,52 +354,78 @@ async fn a_session_live_in_another_connection_is_refused() {
     // The holder is unaffected and its turn goes to its session.
     say_and_commit(&mut a).await;
     bye(a).await;
-    let turns = Journal::open(&server.journal)
-        .expect("journal")
-        .turns(&id)
-        .expect("turns");
-    assert_eq!(turns.len(), 1);
+    assert_eq!(server.turns(&id).await.len(), 1);
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_journal_write_failure_is_an_error_event_and_the_conversation_goes_on() {
-    let server = TestServer::start(|_| {}).await;
+on_both_backends!(
+    a_turn_the_store_refuses_is_retried_then_reported_lost_and_the_conversation_goes_on
+);
+async fn a_turn_the_store_refuses_is_retried_then_reported_lost_and_the_conversation_goes_on(
+    backend: Backend,
+) {
+    let server = TestServer::start(backend, |c| {
+        c.fleet.retry.give_up_after = Duration::from_millis(600);
+    })
+    .await;
     let mut ws = server.connect(None).await;
-    greeting(&mut ws).await;
-    let raw = rusqlite::Connection::open(&server.journal).expect("raw open");
-    raw.execute_batch(
-        "CREATE TRIGGER refuse_turns BEFORE INSERT ON turns
-         BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END;",
-    )
-    .expect("trigger");
-    drop(raw);
+    let (hello, _) = greeting(&mut ws).await;
+    let id = hello["session"].as_str().expect("id").to_string();
+    server.backend.refuse_turns(true).await;
     common::ws::say_question(&mut ws).await;
-    // The round still commits (its event comes first: the write follows the
-    // commit), the failure is reported, and the session goes on.
-    let (mut committed, mut failed) = (false, false);
-    while !(committed && failed) {
+    // The failure is reported, retried, then the turn is reported lost:
+    // no `committed` event for a turn that is not kept.
+    let (mut retrying, mut lost) = (false, false);
+    while !lost {
         let v = next_json(&mut ws).await.expect("session open");
-        match v["type"].as_str() {
-            Some("committed") => committed = true,
-            Some("error") => {
-                assert_eq!(v["source"], "journal", "{v}");
-                assert!(
-                    v["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("simulated write failure")),
-                    "{v}"
-                );
-                failed = true;
-            }
-            _ => {}
+        assert_ne!(
+            v["type"], "committed",
+            "a lost turn was announced committed: {v}"
+        );
+        if v["type"] == "error" {
+            assert_eq!(v["source"], "journal", "{v}");
+            let m = v["message"].as_str().unwrap_or_default();
+            assert!(m.contains("simulated write failure"), "{v}");
+            retrying |= m.contains("retrying");
+            lost = m.contains("lost");
         }
     }
+    assert!(retrying, "the first failure was reported before the loss");
     ws.send(Message::text(r#"{"type":"ping","id":3}"#))
         .await
         .expect("ping");
     let pong = expect_type(&mut ws, "pong").await;
     assert_eq!(pong["id"], 3);
+    server.backend.refuse_turns(false).await;
+    bye(ws).await;
+    assert!(server.turns(&id).await.is_empty());
+    server.stop().await;
+}
+
+on_both_backends!(a_turn_written_once_the_store_returns_is_then_committed);
+async fn a_turn_written_once_the_store_returns_is_then_committed(backend: Backend) {
+    let server = TestServer::start(backend, |c| {
+        c.fleet.retry.give_up_after = Duration::from_secs(60);
+    })
+    .await;
+    let mut ws = server.connect(None).await;
+    let (hello, _) = greeting(&mut ws).await;
+    let id = hello["session"].as_str().expect("id").to_string();
+    server.backend.refuse_turns(true).await;
+    common::ws::say_question(&mut ws).await;
+    let err = expect_error(&mut ws).await;
+    assert!(
+        err["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retrying")),
+        "{err}"
+    );
+    // The store is back: the retried write lands, then `committed`.
+    server.backend.refuse_turns(false).await;
+    let committed = expect_type(&mut ws, "committed").await;
+    assert_eq!(committed["assistant"], PARROT_TEXT, "{committed}");
+    let turns = server.turns(&id).await;
+    assert_eq!(turns.len(), 1);
     bye(ws).await;
     server.stop().await;
 }
@@ -333,9 +446,9 @@ async fn an_unusable_journal_is_refused_at_start_naming_the_file() {
     assert!(err.contains(&path.display().to_string()), "{err}");
 }
 
-#[tokio::test]
-async fn when_the_agent_hangs_up_the_server_says_call_ended_and_closes_normally() {
-    let server = TestServer::start_agent(true, |_| {}).await;
+on_both_backends!(when_the_agent_hangs_up_the_server_says_call_ended_and_closes_normally);
+async fn when_the_agent_hangs_up_the_server_says_call_ended_and_closes_normally(backend: Backend) {
+    let server = TestServer::start_agent(backend, true, |_| {}).await;
     let mut ws = server.connect(None).await;
     let (hello, _) = greeting(&mut ws).await;
     let id = hello["session"].as_str().expect("session id").to_string();
@@ -348,10 +461,7 @@ async fn when_the_agent_hangs_up_the_server_says_call_ended_and_closes_normally(
         .expect("call_ended after committed");
     assert_eq!(ended["type"], "call_ended", "{ended}");
     assert_eq!(expect_close(&mut ws).await, Some(CloseCode::Normal));
-    let turns = Journal::open(&server.journal)
-        .expect("journal")
-        .turns(&id)
-        .expect("turns");
+    let turns = server.turns(&id).await;
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].assistant, "Goodbye.");
     server.stop().await;

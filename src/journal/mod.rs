@@ -1,18 +1,48 @@
-//! The conversation journal: sessions and committed turns in SQLite (WAL).
+//! The conversation journal: sessions, committed turns, the flows'
+//! key-value store, leases and shared router telemetry.
+//!
+//! Two backends behind one async trait ([`store::Store`]), chosen by the
+//! location's scheme ([`location`]): SQLite (a path or `sqlite:PATH`, the
+//! embedded default; [`Journal`] here, driven from one owner thread by
+//! [`sqlite_store`]) and PostgreSQL (`postgres://`, [`postgres`]). Each keeps
+//! its own SQL and versioned migrations, applied at open. `colloquy serve`
+//! writes through [`writer`] (a bounded queue off the audio and tokio worker
+//! threads); the file and device transports write a SQLite [`Journal`]
+//! directly ([`session`]).
 //!
 //! # Invariants
 //! 1. Only committed rounds are written, each in one transaction at commit
 //!    time: after a crash the journal holds every turn whose commit returned,
-//!    and never half a turn.
+//!    and never half a turn. SQLite commits with `synchronous=FULL` unless
+//!    told otherwise ([`set_synchronous`]), so a returned commit also
+//!    survives power loss; PostgreSQL commits are durable by its own default
+//!    (`synchronous_commit=on`).
 //! 2. A journal that cannot be opened, is read-only, locked or corrupt is
 //!    refused at start with an error naming the file and the cause; a write
 //!    that fails mid-session returns an error the caller reports as an event
 //!    while the conversation goes on (nothing already written is touched).
 //! 3. The journal never stores API keys or configuration secrets: only the
-//!    conversation, timings and model names.
+//!    conversation, timings and model names. A PostgreSQL password comes
+//!    only from the environment and no message names it (locations are
+//!    shown redacted, [`location::redact`]).
 //! 4. The `kv` table (the flows' key-value store) is written only from the
 //!    `kv_set` results of a committed round, in that round's transaction:
 //!    a value is there exactly when the turn that stored it is.
+//! 5. An unknown scheme (`mysql://…`) is an error, never a file name.
+
+pub mod fault;
+pub mod location;
+pub mod postgres;
+pub mod session;
+pub mod sqlite_store;
+pub mod store;
+pub mod trace;
+pub mod writer;
+
+pub use location::JournalLocation;
+pub use session::SessionJournal;
+pub use store::Store;
+pub use trace::{percentile, render_trace};
 
 use crate::llm::{ChatMessage, Role};
 use crate::turn::{CommittedRound, TurnTiming};
@@ -32,6 +62,65 @@ pub enum JournalError {
     Write { path: PathBuf, cause: String },
     #[error("journal {path}: no session {id} (see `colloquy sessions`)")]
     NoSession { path: PathBuf, id: String },
+    #[error("journal {location}: {cause}")]
+    Location { location: String, cause: String },
+    #[error("journal {location}: unreachable: {cause} (fix: check that the database runs and the URL; the write is retried)")]
+    Unreachable { location: String, cause: String },
+    #[error("journal {location}: session {session}: the lease was lost (another instance holds the session); not written")]
+    LeaseLost { location: String, session: String },
+    #[error("journal {location}: the write queue is full ({capacity} pending); not written")]
+    QueueFull { location: String, capacity: usize },
+}
+
+impl JournalError {
+    /// Whether retrying the same write can succeed (a fenced or refused
+    /// write cannot).
+    pub fn retryable(&self) -> bool {
+        !matches!(
+            self,
+            JournalError::LeaseLost { .. }
+                | JournalError::NoSession { .. }
+                | JournalError::QueueFull { .. }
+                | JournalError::Location { .. }
+        )
+    }
+}
+
+/// SQLite's `synchronous` setting for the journal (invariant 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync at every commit: a committed turn survives power loss.
+    #[default]
+    Full,
+    /// fsync at WAL checkpoints only: a committed turn survives a killed
+    /// process, not power loss.
+    Normal,
+}
+
+impl std::str::FromStr for Synchronous {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Self::Full),
+            "normal" => Ok(Self::Normal),
+            other => Err(format!(
+                "journal synchronous mode {other:?} is not one of full, normal"
+            )),
+        }
+    }
+}
+
+static SYNCHRONOUS: std::sync::OnceLock<Synchronous> = std::sync::OnceLock::new();
+
+/// Sets the process's SQLite `synchronous` mode (from `--journal-sync`);
+/// the first call wins. Unset: FULL.
+pub fn set_synchronous(mode: Synchronous) {
+    let _ = SYNCHRONOUS.set(mode);
+}
+
+/// The SQLite `synchronous` mode journals open with.
+pub fn synchronous() -> Synchronous {
+    SYNCHRONOUS.get().copied().unwrap_or_default()
 }
 
 /// A session as listed by `colloquy sessions`.
@@ -77,7 +166,26 @@ pub struct Journal {
     path: PathBuf,
 }
 
-const SCHEMA: &str = "
+/// Versioned migrations (`PRAGMA user_version` is the number applied);
+/// version 1 is the schema of journals written before versioning, so its
+/// statements are `IF NOT EXISTS`.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS leases (
+    session_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    token INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    instance_id TEXT PRIMARY KEY,
+    saved_ms INTEGER NOT NULL,
+    snapshot TEXT NOT NULL
+);
+";
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     started_at INTEGER NOT NULL,
@@ -123,8 +231,24 @@ impl Journal {
             .join("journal.sqlite")
     }
 
-    /// Opens (creating if needed) and checks the journal (invariant 2).
+    /// Opens (creating if needed) and checks the journal (invariant 2);
+    /// `path` may be `sqlite:PATH`; a URL of another scheme is refused
+    /// (invariant 5).
     pub fn open(path: &Path) -> Result<Self, JournalError> {
+        Self::open_with(path, synchronous())
+    }
+
+    /// [`Journal::open`] with an explicit SQLite `synchronous` mode.
+    pub fn open_with(path: &Path, sync: Synchronous) -> Result<Self, JournalError> {
+        let path = &match JournalLocation::parse_path(path)? {
+            JournalLocation::Sqlite(p) => p,
+            other => {
+                return Err(JournalError::Location {
+                    location: other.to_string(),
+                    cause: "this command keeps a SQLite journal; PostgreSQL is used by `colloquy serve`, `sessions`, `trace` and `status` (fix: give a file path)".into(),
+                })
+            }
+        };
         let open_err = |cause: String| JournalError::Open {
             path: path.to_path_buf(),
             cause,
@@ -151,10 +275,15 @@ impl Journal {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(mode, "journal is not in WAL mode");
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
-            .map_err(|e| classify_open(path, e))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|e| classify_open(path, e))?;
+        let sync = match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+        ))
+        .map_err(|e| classify_open(path, e))?;
+        migrate(&conn).map_err(|e| classify_open(path, e))?;
         // Refuse a journal we could not write to at start, not mid-session.
         conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
             .map_err(|e| classify_open(path, e))?;
@@ -210,61 +339,93 @@ impl Journal {
             .map_err(|e| self.write_err(e))
     }
 
-    /// Writes one committed round in one transaction (invariant 1).
+    /// Writes one committed round in one transaction at the next index
+    /// (invariant 1); returns its index.
     pub fn append_turn(
         &mut self,
         session: &str,
         round: &CommittedRound,
     ) -> Result<i64, JournalError> {
-        let user = first_text(&round.messages, Role::User);
-        let assistant = round
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::Assistant)
-            .map(|m| m.content.clone())
-            .unwrap_or_default();
-        let messages = serde_json::to_string(&round.messages).unwrap_or_else(|_| "[]".into());
+        self.write_turn(session, None, round, None)
+    }
+
+    /// Writes one committed round in one transaction (invariant 1) at `idx`
+    /// (the next index when `None`). With `idx`, a turn already there is
+    /// left as it is (a retried write is idempotent). With `fence`, the
+    /// write happens only while `session`'s lease carries that token
+    /// (`LeaseLost` otherwise, nothing written).
+    pub fn write_turn(
+        &mut self,
+        session: &str,
+        idx: Option<i64>,
+        round: &CommittedRound,
+        fence: Option<i64>,
+    ) -> Result<i64, JournalError> {
+        let row = TurnRow::of(round);
         let path = self.path.clone();
         let err = |e: rusqlite::Error| JournalError::Write {
             path: path.clone(),
             cause: e.to_string(),
         };
         let tx = self.conn.transaction().map_err(err)?;
-        let idx: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?1",
-                [session],
-                |r| r.get(0),
+        if let Some(token) = fence {
+            let held = tx
+                .query_row(
+                    "SELECT 1 FROM leases WHERE session_id = ?1 AND token = ?2",
+                    params![session, token],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(err)?;
+            if held.is_none() {
+                return Err(JournalError::LeaseLost {
+                    location: self.path.display().to_string(),
+                    session: session.to_string(),
+                });
+            }
+        }
+        let idx: i64 = match idx {
+            Some(i) => i,
+            None => tx
+                .query_row(
+                    "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?1",
+                    [session],
+                    |r| r.get(0),
+                )
+                .map_err(err)?,
+        };
+        let t = round.timing;
+        let inserted = tx
+            .execute(
+                "INSERT INTO turns (session_id, idx, epoch, user_text, assistant_text, interrupted, model,
+                messages, end_of_speech_ms, stt_ms, first_token_ms, first_audio_ms, committed_ms, written_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+             ON CONFLICT (session_id, idx) DO NOTHING",
+                params![
+                    session,
+                    idx,
+                    round.epoch as i64,
+                    row.user,
+                    row.assistant,
+                    round.interrupted,
+                    round.model,
+                    row.messages,
+                    t.end_of_speech_ms.map(|v| v as i64),
+                    t.stt_ms.map(|v| v as i64),
+                    t.first_token_ms.map(|v| v as i64),
+                    t.first_audio_ms.map(|v| v as i64),
+                    round.committed_ms as i64,
+                    unix_now(),
+                ],
             )
             .map_err(err)?;
-        let t = round.timing;
-        tx.execute(
-            "INSERT INTO turns (session_id, idx, epoch, user_text, assistant_text, interrupted, model,
-                messages, end_of_speech_ms, stt_ms, first_token_ms, first_audio_ms, committed_ms, written_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            params![
-                session,
-                idx,
-                round.epoch as i64,
-                user,
-                assistant,
-                round.interrupted,
-                round.model,
-                messages,
-                t.end_of_speech_ms.map(|v| v as i64),
-                t.stt_ms.map(|v| v as i64),
-                t.first_token_ms.map(|v| v as i64),
-                t.first_audio_ms.map(|v| v as i64),
-                round.committed_ms as i64,
-                unix_now(),
-            ],
-        )
-        .map_err(err)?;
-        // What the round's `kv_set` calls stored, in the same transaction
-        // (invariant 4).
-        for m in round.messages.iter().filter(|m| m.role == Role::Tool) {
-            for (key, value) in crate::tools::kv::stored(&m.content).unwrap_or_default() {
+        // Inside the transaction, before the kv rows and the commit: a
+        // crash here must leave no trace of this turn (issue 18).
+        fault::inside_write();
+        if inserted == 1 {
+            // What the round's `kv_set` calls stored, in the same
+            // transaction (invariant 4).
+            for (key, value) in &row.kv {
                 tx.execute(
                     "INSERT INTO kv (session_id, key, value, turn_idx) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (session_id, key) DO UPDATE SET value = ?3, turn_idx = ?4",
@@ -393,6 +554,18 @@ impl Journal {
     }
 }
 
+/// Applies the migrations past `user_version`, each in one transaction.
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied.max(0) as usize) {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql} PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
+
 fn classify_open(path: &Path, e: rusqlite::Error) -> JournalError {
     let cause = e.to_string();
     if cause.contains("not a database") || cause.contains("malformed") {
@@ -404,6 +577,41 @@ fn classify_open(path: &Path, e: rusqlite::Error) -> JournalError {
         JournalError::Open {
             path: path.to_path_buf(),
             cause,
+        }
+    }
+}
+
+/// A committed round as the `turns` and `kv` rows store it (shared by both
+/// backends).
+pub(crate) struct TurnRow {
+    pub user: String,
+    pub assistant: String,
+    pub messages: String,
+    pub kv: Vec<(String, String)>,
+}
+
+impl TurnRow {
+    pub fn of(round: &CommittedRound) -> Self {
+        let user = first_text(&round.messages, Role::User);
+        let assistant = round
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::Assistant)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let messages = serde_json::to_string(&round.messages).unwrap_or_else(|_| "[]".into());
+        let kv = round
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::Tool)
+            .flat_map(|m| crate::tools::kv::stored(&m.content).unwrap_or_default())
+            .collect();
+        Self {
+            user,
+            assistant,
+            messages,
+            kv,
         }
     }
 }
@@ -421,143 +629,6 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// Percentile (0..=100) of `values` (nearest rank); `None` when empty.
-pub fn percentile(values: &[u64], p: f64) -> Option<u64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v.get(rank.min(v.len() - 1)).copied()
-}
-
-/// Renders a session's turns with a per-turn latency waterfall.
-pub fn render_trace(turns: &[TurnRecord]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for t in turns {
-        let _ = writeln!(
-            out,
-            "turn {} (epoch {}){}{}",
-            t.index + 1,
-            t.epoch,
-            if t.interrupted { " [interrupted]" } else { "" },
-            t.model
-                .as_deref()
-                .map(|m| format!(" model {m}"))
-                .unwrap_or_default()
-        );
-        let _ = writeln!(out, "  user:      {}", t.user);
-        for call in t.messages.iter().flat_map(|m| &m.tool_calls) {
-            let result = t
-                .messages
-                .iter()
-                .find(|m| m.role == Role::Tool && m.tool_call_id.as_deref() == Some(&call.id))
-                .map_or("", |m| m.content.as_str());
-            let _ = writeln!(
-                out,
-                "  tool:      {}({}) → {result}",
-                call.name, call.arguments
-            );
-        }
-        let _ = writeln!(out, "  assistant: {}", t.assistant);
-        let Some(eos) = t.timing.end_of_speech_ms else {
-            continue;
-        };
-        let stages = [
-            ("end of speech", Some(eos)),
-            ("stt final", t.timing.stt_ms),
-            ("first token", t.timing.first_token_ms),
-            ("first audio", t.timing.first_audio_ms),
-        ];
-        let span = stages
-            .iter()
-            .filter_map(|(_, v)| *v)
-            .map(|v| v.saturating_sub(eos))
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        for (name, at) in stages {
-            match at {
-                Some(v) => {
-                    let d = v.saturating_sub(eos);
-                    let bar = "█".repeat(((d * 40) / span) as usize);
-                    let _ = writeln!(out, "  {name:<14} {d:>6} ms |{bar}");
-                }
-                None => {
-                    let _ = writeln!(out, "  {name:<14}      — |");
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A transport's link to the journal for one conversation: opens (or
-/// resumes) the journal session, writes each committed round as it is
-/// drained from the session, and reports write failures as `error` events
-/// while the conversation goes on (invariant 2).
-pub struct SessionJournal {
-    journal: Journal,
-    id: String,
-}
-
-impl SessionJournal {
-    /// Opens the journal at `path` and starts a session (or resumes
-    /// `resume`); returns the committed history to start from.
-    pub fn open(
-        path: &Path,
-        resume: Option<&str>,
-        agent: &str,
-        source: &str,
-    ) -> Result<(Self, Vec<ChatMessage>), JournalError> {
-        let mut journal = Journal::open(path)?;
-        let id = journal.start_session(resume, agent, source)?;
-        let history = match resume {
-            Some(_) => journal.history(&id)?,
-            None => Vec::new(),
-        };
-        Ok((Self { journal, id }, history))
-    }
-
-    /// [`SessionJournal::open`] when a journal path is given; no journal and
-    /// no history otherwise.
-    pub fn open_optional(
-        path: Option<&Path>,
-        resume: Option<&str>,
-        agent: &str,
-        source: &str,
-    ) -> Result<(Option<Self>, Vec<ChatMessage>), JournalError> {
-        match path {
-            Some(p) => Self::open(p, resume, agent, source).map(|(j, h)| (Some(j), h)),
-            None => Ok((None, Vec::new())),
-        }
-    }
-
-    /// The journal session id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Writes `rounds` (just drained from `session`); a failure becomes an
-    /// `error` event of the session.
-    pub fn record(&mut self, session: &mut crate::session::Session, rounds: &[CommittedRound]) {
-        for round in rounds {
-            if let Err(e) = self.journal.append_turn(&self.id, round) {
-                session.report_error("journal", e.to_string());
-            }
-        }
-    }
-
-    /// Records the session's quarantined-result count at its end.
-    pub fn finish(&mut self, quarantined: u64) {
-        if let Err(e) = self.journal.finish_session(&self.id, quarantined) {
-            tracing::warn!(error = %e, "journal: could not record the session summary");
-        }
-    }
 }
 
 #[cfg(test)]

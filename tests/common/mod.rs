@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests: assets, synthetic timelines, energy.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod ws;
 
 use std::path::{Path, PathBuf};

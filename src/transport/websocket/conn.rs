@@ -32,13 +32,18 @@
 //!    messages, pings or audio faster than real time; oversized frames
 //!    beyond the hard cap; idle, where pings do not count as activity) is
 //!    closed with a close frame after an error event.
-//! 4. A committed round is written to the journal before the events drained
-//!    with it are queued, so its `committed` event follows the write
-//!    (journal invariant 2).
+//! 4. A committed round is queued for the journal writer when drained; its
+//!    `committed` event is held by the [`CommitGate`] until the write is
+//!    durable (journal invariant 2).
 //! 5. When the agent hangs up (`call_ended`, a flow's `end_call`), the
 //!    connection is closed normally ("call ended") once the audio already
 //!    sent has had its wall time to play.
+//! 6. A drain (server shutdown) sends `draining`, waits (bounded by
+//!    [`LAST_WRITES`]) for the journal's reports of the turns already
+//!    queued, then closes with 1012 (service restart): the client may
+//!    reconnect and resume at once.
 
+use super::gate::CommitGate;
 use super::journal::{Claim, SessionLease};
 use super::limits::{Limiter, Verdict};
 use super::protocol::{
@@ -62,10 +67,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 /// Close codes (RFC 6455).
 const CLOSE_NORMAL: u16 = 1000;
-const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_INTERNAL: u16 = 1011;
+const CLOSE_RESTART: u16 = 1012;
+/// Longest wait at the end of a connection for the journal to report the
+/// turns already queued (invariant 6).
+const LAST_WRITES: Duration = Duration::from_secs(3);
 
 /// No client audio for this long: the driver feeds silence itself.
 const QUIET_AFTER: Duration = Duration::from_millis(300);
@@ -145,6 +153,8 @@ struct Driver {
     /// The resumed conversation, the session's starting context (taken
     /// when the session is built).
     context: Vec<ChatMessage>,
+    /// Holds `committed` events until their write is durable (invariant 4).
+    gate: CommitGate,
 }
 
 /// Runs one connection to its end.
@@ -198,6 +208,7 @@ pub(crate) async fn run_connection(
         shared,
         journal: claim.lease,
         context,
+        gate: CommitGate::default(),
     };
     tracing::info!(session = %id, journal = d.journal.as_ref().map(|j| j.id()), "session opened");
     if let Some(e) = claim.error {
@@ -232,7 +243,15 @@ pub(crate) async fn run_connection(
         }
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break End::Close(CLOSE_GOING_AWAY, "server shutting down"),
+            _ = cancel.cancelled() => {
+                d.push_json(&serde_json::json!({"type": "draining", "reconnect": true}));
+                break End::Close(CLOSE_RESTART, "server restarting");
+            }
+            report = journal_report(&mut d.journal) => {
+                if let Err(end) = d.on_report(report) {
+                    break end;
+                }
+            }
             msg = socket.recv() => {
                 match msg {
                     None => break End::Gone,
@@ -254,6 +273,9 @@ pub(crate) async fn run_connection(
         }
     };
     d.finish();
+    if matches!(end, End::Close(..)) {
+        d.last_writes().await;
+    }
     if let End::Close(code, reason) = end {
         d.out.push(Message::Close(Some(CloseFrame {
             code,
@@ -310,6 +332,14 @@ async fn claim_journal(
         .await
 }
 
+/// The next journal report of this connection (pending without a journal).
+async fn journal_report(journal: &mut Option<SessionLease>) -> crate::journal::writer::Report {
+    match journal {
+        Some(j) => j.next_report().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sends everything queued (holds invariant 1: in order).
 /// A client that does not take one batch within `timeout` counts as gone:
 /// its own task waits, no other (invariant 3).
@@ -339,6 +369,47 @@ async fn flush(
 impl Driver {
     fn stats(&self) -> &ServerStats {
         &self.shared.stats
+    }
+
+    /// Applies a journal report: releases held events, or ends the
+    /// connection when the lease was lost (journal invariant 1).
+    fn on_report(&mut self, report: crate::journal::writer::Report) -> Result<(), End> {
+        if report == crate::journal::writer::Report::LeaseLost {
+            self.fatal(
+                ErrorCode::SessionInUse,
+                "this session's lease was lost (it is open elsewhere now); closing. Reconnect to resume it",
+            );
+            return Err(End::Close(CLOSE_POLICY, "session lease lost"));
+        }
+        let t_ms = self.live.as_ref().map_or(0, |l| l.session.now_ms());
+        let mut out = Vec::new();
+        self.gate.report(&report, t_ms, &mut out);
+        self.out
+            .extend(out.into_iter().map(|t| Message::Text(t.into())));
+        Ok(())
+    }
+
+    /// Waits (bounded, invariant 6) for the reports of the turns queued.
+    async fn last_writes(&mut self) {
+        let until = Instant::now() + LAST_WRITES;
+        while self.journal.as_ref().is_some_and(|j| j.in_flight() > 0) {
+            let Ok(report) =
+                tokio::time::timeout_at(until, journal_report(&mut self.journal)).await
+            else {
+                break;
+            };
+            let _ = self.on_report(report);
+        }
+    }
+
+    /// Queues a session event, through the commit gate (invariant 4).
+    fn push_event(&mut self, event: &TimedEvent) {
+        if let Ok(text) = serde_json::to_string(event) {
+            let mut out = Vec::new();
+            self.gate.event(event, text, &mut out);
+            self.out
+                .extend(out.into_iter().map(|t| Message::Text(t.into())));
+        }
     }
 
     fn push_json<T: serde::Serialize>(&mut self, value: &T) {
@@ -624,7 +695,7 @@ impl Driver {
             .live
             .as_ref()
             .is_some_and(|l| l.session.coordinator().call_ended());
-        if ended && self.sent_until <= Instant::now() {
+        if ended && self.sent_until <= Instant::now() && self.gate.is_clear() {
             // The flow hung up and the goodbye has played (invariant 5).
             return Err(End::Close(CLOSE_NORMAL, "call ended"));
         }
@@ -647,10 +718,11 @@ impl Driver {
                 }
             }
         });
-        // Holds invariant 4: the journal before the events.
+        // Holds invariant 4: queued before their events pass the gate.
         let rounds = live.session.drain_committed();
-        if let Some(j) = &self.journal {
-            j.record(&mut live.session, &rounds);
+        if let Some(j) = self.journal.as_mut() {
+            let queued = j.record(&mut live.session, &rounds);
+            self.gate.queued(&queued);
         }
         let events: Vec<TimedEvent> = live.session.drain_events().collect();
         let coord_state = live.session.coordinator().state();
@@ -661,7 +733,7 @@ impl Driver {
                 Event::SpeechStopped { .. } => self.user_speaking = false,
                 _ => {}
             }
-            self.push_json(e);
+            self.push_event(e);
         }
         let state = match coord_state {
             TurnState::Speaking => "speaking",
@@ -724,13 +796,14 @@ impl Driver {
         if let Some(mut live) = self.live.take() {
             live.session.shutdown();
             let rounds = live.session.drain_committed();
-            if let Some(j) = &self.journal {
-                j.record(&mut live.session, &rounds);
+            if let Some(j) = self.journal.as_mut() {
+                let queued = j.record(&mut live.session, &rounds);
+                self.gate.queued(&queued);
                 j.finish(live.session.coordinator().quarantined());
             }
             let events: Vec<TimedEvent> = live.session.drain_events().collect();
             for e in &events {
-                self.push_json(e);
+                self.push_event(e);
             }
             if let Some(w) = live.dump.take() {
                 if let Err(e) = w.finalize() {

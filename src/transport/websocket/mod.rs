@@ -15,11 +15,13 @@
 //! once at start ([`journal::ServerJournal`]); each connection is one
 //! journal session, new or resumed with `?session=ID` (`docs/protocol.md`).
 //!
-//! Shutdown: the future given to [`Server::run`] resolving cancels
-//! `ServerShared::cancel`, the root of every connection's token; each
-//! connection then ends its session, sends a close frame and returns; `run`
-//! waits for `ServerShared::tracker` (all connection tasks) for at most
-//! [`SHUTDOWN_GRACE`].
+//! Shutdown (a drain, [`fleet`]): the future given to [`Server::run`]
+//! resolving (SIGTERM or Ctrl-C for `serve`) marks the server draining
+//! (`/readyz` 503) and cancels `ServerShared::cancel`, the root of every
+//! connection's token; the listener stops accepting; each connection ends
+//! its session, sends `draining` and a close 1012 and returns; `run` waits
+//! for `ServerShared::tracker` (all connection tasks), then for the
+//! journal's queued writes, within `--drain-secs` in all.
 //!
 //! # Invariants
 //! 1. A WebSocket is upgraded only with the right token, an allowed (or no)
@@ -36,9 +38,12 @@
 //!    `per_address_loopback`).
 
 pub mod conn;
+pub mod fleet;
+pub mod gate;
 pub mod journal;
 mod limits;
 mod origin;
+pub mod metrics;
 pub mod protocol;
 
 use crate::agent::Agent;
@@ -145,6 +150,8 @@ pub struct ServeConfig {
     /// connection holding it to end (a reloading page's old socket) before
     /// it is refused with `session_in_use`.
     pub resume_wait: Duration,
+    /// Fleet settings: leases, journal retries, drain (`fleet`).
+    pub fleet: fleet::FleetConfig,
 }
 
 impl ServeConfig {
@@ -167,6 +174,7 @@ impl ServeConfig {
             lead: Duration::from_millis(100),
             journal: None,
             resume_wait: Duration::from_secs(2),
+            fleet: fleet::FleetConfig::default(),
         }
     }
 }
@@ -238,6 +246,8 @@ pub(crate) struct ServerShared {
     pub journal: Option<Arc<journal::ServerJournal>>,
     /// Live connections per client address.
     pub addresses: Arc<limits::AddressTable>,
+    /// Drain state for probes and connections (`fleet`).
+    pub fleet: fleet::FleetState,
 }
 
 /// A bound, not yet running server.
@@ -249,6 +259,7 @@ pub struct Server {
 impl Server {
     /// Binds `config.bind` (port 0 picks a free port).
     pub async fn bind(config: ServeConfig, agents: AgentFactory) -> Result<Self, ServeError> {
+        self::metrics::handle();
         if config.token.is_empty() {
             return Err(ServeError::EmptyToken);
         }
@@ -260,7 +271,9 @@ impl Server {
         }
         // Refused at start, before the port is taken (journal invariant 2).
         let journal = match &config.journal {
-            Some(path) => Some(Arc::new(journal::ServerJournal::open(path)?)),
+            Some(path) => Some(Arc::new(
+                journal::ServerJournal::open(path, config.fleet.clone()).await?,
+            )),
             None => None,
         };
         let listener = tokio::net::TcpListener::bind(config.bind)
@@ -281,6 +294,7 @@ impl Server {
                 tracker: TaskTracker::new(),
                 journal,
                 addresses: Arc::default(),
+                fleet: fleet::FleetState::default(),
             }),
         })
     }
@@ -320,10 +334,17 @@ impl Server {
         let app = router(shared.clone());
         let cancel = shared.cancel.clone();
         let stop = cancel.clone();
+        let draining = shared.clone();
         tokio::spawn(async move {
             shutdown.await;
+            // Readiness turns 503 first (fleet invariant 2).
+            draining.fleet.draining.store(true, Ordering::Release);
             stop.cancel();
         });
+        let beat = CancellationToken::new();
+        if let Some(j) = &shared.journal {
+            tokio::spawn(j.clone().heartbeat(beat.clone()));
+        }
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let send_buffer = shared.config.send_buffer;
         let listener = self.listener.tap_io(move |tcp| {
@@ -334,8 +355,19 @@ impl Server {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await?;
+        // The drain: connections close (1012) and their last writes queue,
+        // then the journal writes what is queued, within the budget.
+        let budget = shared.config.fleet.drain;
+        let until = tokio::time::Instant::now() + budget;
         shared.tracker.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, shared.tracker.wait()).await;
+        let _ = tokio::time::timeout_at(until, shared.tracker.wait()).await;
+        if let Some(j) = &shared.journal {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if !j.close(left).await {
+                tracing::error!("journal: queued writes not finished within the drain budget");
+            }
+        }
+        beat.cancel();
         Ok(())
     }
 }
@@ -349,11 +381,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let server = Server::bind(config, agents).await?;
     on_ready(&server);
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    server.run(fleet::shutdown_signal()).await
 }
 
 fn display_host(addr: SocketAddr) -> String {
@@ -374,6 +402,7 @@ fn router(shared: Arc<ServerShared>) -> Router {
         .route("/playback-worklet.js", get(page_playback))
         .route("/ws", get(ws_handler))
         .route("/stats", get(stats_handler))
+        .merge(fleet::routes())
         .with_state(shared)
 }
 

@@ -451,6 +451,10 @@ function onEvent(ev) {
       list.scrollTop = list.scrollHeight;
       break;
     }
+    case 'draining':
+      // The server restarts (close 1012 follows): reconnect and resume.
+      toast('The server is restarting; reconnecting…', 'draining');
+      break;
     case 'call_ended':
       // The flow hung up: the server closes once the goodbye has played;
       // the next press starts a new conversation.
@@ -630,6 +634,12 @@ async function start() {
       if (running && running.ws === ws) stop(false);
       if (byUser) {
         setConn('offline', '');
+      } else if (e.code === 1012) {
+        // Service restart (a drained instance): the load balancer sends the
+        // new socket to another instance, which resumes this session.
+        stats.reconnects = (stats.reconnects || 0) + 1;
+        setConn('reconnecting…', 'wait');
+        setTimeout(start, 200 + Math.floor(Math.random() * 300));
       } else if (!opened) {
         toast('Could not open a session. Check that the URL carries the token printed by `colloquy serve`, and that the server runs.', 'connection');
         setConn('refused', 'bad');
