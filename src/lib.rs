@@ -4,6 +4,7 @@
 //! The tree reads like the flow of one conversation:
 //! - [`frame`]: audio frames, control-plane events, clocks.
 //! - [`audio`]: lock-free rings, edge resampling, frame assembly, WAV files.
+//! - [`echo`]: echo control before the VAD (AEC3 canceller, energy gate, off).
 //! - [`vad`]: voice activity backends and the turn-taking state machine.
 //! - [`pipeline`]: generic frame stages on SPSC frame rings (cost measurement).
 //! - [`session`]: one conversation's data plane feeding the coordinator.
@@ -20,6 +21,7 @@
 
 pub mod agent;
 pub mod audio;
+pub mod echo;
 pub mod flows;
 pub mod frame;
 pub mod journal;
