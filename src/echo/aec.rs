@@ -20,6 +20,13 @@
 //! suppression and no gain control (AGC2 would raise the residual echo and
 //! change the user's level before the VAD).
 //!
+//! Until AEC3 has converged (its fullband ERLE estimate below
+//! [`CONVERGED_ERLE_DB`]: the first few hundred ms of the first reply, or
+//! after the echo path changed) its residual can be as loud as speech; then
+//! the energy gate ([`super::EchoGate`]) judges the cleaned frames against
+//! the played level, as `--echo gate` does. Once converged the gate is
+//! bypassed and a voice well under the echo gets through.
+//!
 //! # Real-time
 //! Runs on the session's processing thread, never in a device callback: no
 //! lock, no log, no await. Not allocation-free: `aec3` clones one small
@@ -34,8 +41,10 @@
 //!    overruns and AEC3 re-estimates the delay.
 //! 3. Capture frames keep their timeline position; each 20 ms frame is two
 //!    consecutive 10 ms AEC3 frames.
+//! 4. The speech probability is vetoed only by the gate and only while AEC3's
+//!    ERLE estimate is under [`CONVERGED_ERLE_DB`].
 
-use super::{EchoControl, EchoStats};
+use super::{EchoControl, EchoGate, EchoStats};
 use crate::audio::{EdgeResampler, InputConsumer, ResampleError};
 use crate::frame::{AudioFrame, FRAME_SAMPLES, SAMPLE_RATE};
 use aec3::api::config::EchoCanceller3Config;
@@ -48,6 +57,10 @@ use std::sync::atomic::Ordering;
 
 /// Samples in one AEC3 frame (10 ms at 16 kHz).
 pub const AEC_FRAME: usize = SAMPLE_RATE as usize / 100;
+
+/// AEC3's fullband ERLE estimate (dB) from which the canceller is trusted
+/// alone (invariant 4).
+pub const CONVERGED_ERLE_DB: f64 = 10.0;
 
 /// Why the canceller could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +121,8 @@ pub struct Aec3Canceller {
     processed: u64,
     render_frames: u64,
     latency_hint_ms: Option<u32>,
+    /// The energy gate on cleaned frames while AEC3 converges (invariant 4).
+    guard: EchoGate,
 }
 
 impl Aec3Canceller {
@@ -133,6 +148,7 @@ impl Aec3Canceller {
             processed: 0,
             render_frames: 0,
             latency_hint_ms: None,
+            guard: EchoGate::new(),
         })
     }
 
@@ -220,6 +236,18 @@ impl EchoControl for Aec3Canceller {
         self.processed += 1;
     }
 
+    fn gate(&mut self, p: f32, frame: &AudioFrame) -> f32 {
+        // Invariant 4.
+        if self.armed && self.ec.metrics().echo_return_loss_enhancement >= CONVERGED_ERLE_DB {
+            return p;
+        }
+        self.guard.gate(p, frame)
+    }
+
+    fn set_playback_level(&mut self, now: u64, mean_square: f32) {
+        self.guard.set_playback_level(now, mean_square);
+    }
+
     fn set_device_latency_ms(&mut self, ms: u32) {
         // A seed only: applied by AEC3 at its next delay reset; the matched
         // filters keep estimating.
@@ -233,7 +261,7 @@ impl EchoControl for Aec3Canceller {
         let armed = self.armed && self.processed > 0;
         let m = armed.then(|| self.ec.metrics());
         EchoStats {
-            rejected: 0,
+            rejected: self.guard.rejected(),
             processed: self.processed,
             erle_db: m.map(|m| m.echo_return_loss_enhancement),
             delay_ms: m.map(|m| m.delay_ms),

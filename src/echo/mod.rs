@@ -73,7 +73,10 @@ impl EchoStats {
             EchoMode::Off => "echo off".to_string(),
             EchoMode::Gate => format!("echo gate: {} frames gated", self.rejected),
             EchoMode::Aec => {
-                let mut s = format!("echo aec: {} frames cleaned", self.processed);
+                let mut s = format!(
+                    "echo aec: {} frames cleaned ({} gated while it converged)",
+                    self.processed, self.rejected
+                );
                 if let (Some(erle), Some(delay)) = (self.erle_db, self.delay_ms) {
                     s.push_str(&format!(", ERLE estimate {erle:.1} dB, delay {delay} ms"));
                 }

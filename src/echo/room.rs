@@ -302,9 +302,7 @@ pub fn run(s: &Scenario) -> Outcome {
         out.played.extend_from_slice(&played);
         out.mic.extend_from_slice(&mic);
         in_prod.push(&mic);
-        if s.mode == EchoMode::Gate {
-            session.set_playback_level(shared.take_playback_level());
-        }
+        session.set_playback_level(shared.take_playback_level());
         let next_ms = (t + FRAME_SAMPLES as u64) * 1000 / SAMPLE_RATE as u64;
         session.settle(next_ms);
         session.process(|_| {});

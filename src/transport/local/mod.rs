@@ -614,12 +614,10 @@ pub fn run(
             );
         }
 
-        // The gate uses the playback level, the canceller the latencies;
-        // `off` ignores both.
-        let level = shared.take_playback_level();
-        if opts.echo == EchoMode::Gate {
-            session.set_playback_level(level);
-        }
+        // The gate (alone, or guarding the canceller while it converges)
+        // uses the playback level, the canceller the latencies; `off`
+        // ignores both.
+        session.set_playback_level(shared.take_playback_level());
         session.set_echo_latency_ms(shared.device_latency_ms());
         session.process(|_| {});
         // Invariant 4.
