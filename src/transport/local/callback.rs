@@ -305,7 +305,6 @@ mod tests {
         p.write(&[0.5, -0.25, 0.125]);
         let mut data = [0.0f32; 10];
         cb.process(&mut data);
-        p.flush();
         p.write(&[0.75]);
         let mut data = [0i16; 4];
         cb.process(&mut data);
