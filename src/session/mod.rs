@@ -8,9 +8,11 @@
 //! input frame, so replays are deterministic and need no wall clock.
 //!
 //! # Real-time
-//! [`Session::process_frame`] — VAD, turn detector and utterance capture — does
-//! not allocate in steady state (no turn event): buffers are sized up front
-//! (`tests/no_alloc.rs` counts allocations).
+//! [`Session::process_frame`] — echo control, VAD, turn detector and utterance
+//! capture — does not allocate in steady state (no turn event): buffers are
+//! sized up front (`tests/no_alloc.rs` counts allocations, with the default
+//! echo backend; the AEC3 canceller of `--echo aec` allocates inside the
+//! `aec3` crate, see `echo/aec.rs`).
 //!
 //! # Invariants
 //! 1. Task results are delivered to the coordinator no earlier than
