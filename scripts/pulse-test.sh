@@ -8,7 +8,11 @@
 # assets/speech/librivox-0880.wav into the microphone with paplay, records
 # mix.monitor with parec, stops everything it started by PID, and checks the
 # answer (duration, energy, envelope, timing after the end of the user's
-# speech), the echo gate, and a vanished device. See docs/devices.md.
+# speech), echo control (canceller, gate, off) with the speaker fed into the
+# microphone, the virtual room of issue 16 (module-loopback echo + reflection,
+# a 21 s reply alone, a second voice 12 dB under the echo: the canceller stops
+# the bot within 500 ms, the gate misses it), and a vanished device. See
+# docs/devices.md.
 #
 # Needs: pulseaudio pulseaudio-utils libasound2-plugins (and libasound2-dev to build).
 # Fails (does not skip) when any of them is missing.

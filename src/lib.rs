@@ -5,6 +5,7 @@
 //! - [`frame`]: audio frames, control-plane events, clocks.
 //! - [`audio`]: lock-free rings, edge resampling, frame assembly, WAV files,
 //!   test signals (speech over a noise floor) for benches and tests.
+//! - [`echo`]: echo control before the VAD (AEC3 canceller, energy gate, off).
 //! - [`vad`]: voice activity backends and the turn-taking state machine.
 //! - [`session`]: one conversation's data plane feeding the coordinator.
 //! - [`turn`]: the turn coordinator (epochs, staging, commit, barge-in) and playout.
@@ -20,6 +21,7 @@
 
 pub mod agent;
 pub mod audio;
+pub mod echo;
 pub mod flows;
 pub mod frame;
 pub mod journal;

@@ -193,8 +193,11 @@ enum Command {
         /// JSONL event log to write (one event a line, times in ms).
         #[arg(long)]
         events: Option<PathBuf>,
-        /// Don't gate speech detection while the bot speaks (headphones only:
-        /// with a speaker the bot will hear and interrupt itself).
+        /// Echo control on the microphone: aec (echo canceller, for a
+        /// speaker), gate (energy gate), off (headphones only). See docs/devices.md.
+        #[arg(long, value_enum)]
+        echo: Option<colloquy::echo::EchoMode>,
+        /// Old name of `--echo off`.
         #[arg(long)]
         no_echo_gate: bool,
         #[command(flatten)]
@@ -590,10 +593,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             input,
             output,
             events,
+            echo,
             no_echo_gate,
             journal,
             pipeline,
-        } => local::run(input, output, events, !no_echo_gate, &journal, &pipeline),
+        } => {
+            let echo = colloquy::echo::EchoMode::from_flags(echo, no_echo_gate)
+                .map_err(anyhow::Error::msg)?;
+            local::run(input, output, events, echo, &journal, &pipeline)
+        }
         Command::Devices => local::devices(),
         Command::Flows {
             action: FlowsAction::Check { files },
@@ -650,7 +658,7 @@ mod local {
         input: Option<String>,
         output: Option<String>,
         events: Option<PathBuf>,
-        echo_gate: bool,
+        echo: colloquy::echo::EchoMode,
         journal: &super::JournalArgs,
         pipeline: &PipelineArgs,
     ) -> anyhow::Result<()> {
@@ -661,20 +669,20 @@ mod local {
             output,
             events: events.clone(),
             status: true,
-            echo_gate,
+            echo,
             journal: journal.path(),
             resume: journal.session.clone(),
         };
         let report = transport::run(&opts, agent, session_config(pipeline), stop)?;
         let c = &report.counters;
         println!(
-            "stopped after {:.1} s: {} turn(s) committed; overruns {}, underruns {}, xruns {}, echo frames gated {}",
+            "stopped after {:.1} s: {} turn(s) committed; overruns {}, underruns {}, xruns {}, {}",
             report.session_ms as f64 / 1000.0,
             report.committed.len(),
             c.input_overruns,
             c.output_underruns,
             c.xruns,
-            report.echo_rejected
+            report.echo.summary(report.echo_mode)
         );
         super::print_rounds(&report.committed);
         if let Some(p) = events {

@@ -17,6 +17,8 @@
 //! Everything started here is stopped by PID (guards), also on failure.
 //! Waiting is on conditions (a line printed, an event logged) with deadlines.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -124,27 +126,94 @@ struct Pulse {
 
 impl Pulse {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// The virtual room: a three-channel `mix` (left = what the microphone
+    /// hears, right = the bot's speaker, centre = the second voice alone);
+    /// `vsink` (the speaker) looped into `micsink` after `delay_ms` at full
+    /// level, plus a reflection 45 ms later at -10 dB; `voicesink` (the
+    /// second voice) looped into `micsink` at full level.
+    fn start_room(delay_ms: u32) -> Self {
+        let pulse = Self::start_with(true);
+        pulse.loopback("vsink.monitor", delay_ms, "echo", None);
+        pulse.loopback("vsink.monitor", delay_ms + 45, "reflection", Some("32%"));
+        pulse.loopback("voicesink.monitor", 20, "voice", None);
+        pulse
+    }
+
+    /// `module-loopback` from `source` into `micsink`; `volume` as pactl
+    /// takes it (the loopback's sink input, found by its media name).
+    fn loopback(&self, source: &str, latency_ms: u32, name: &str, volume: Option<&str>) {
+        assert!(
+            self.pactl(&[
+                "load-module",
+                "module-loopback",
+                &format!("source={source}"),
+                "sink=micsink",
+                &format!("latency_msec={latency_ms}"),
+                // A fixed delay, as a room has: no adaptive rate control
+                // (it slides the delay, like drifting clocks).
+                "adjust_time=0",
+                "source_dont_move=true",
+                "sink_dont_move=true",
+                &format!("sink_input_properties=media.name=room-{name}"),
+            ]),
+            "module-loopback {name} did not load"
+        );
+        let Some(volume) = volume else { return };
+        let list = Command::new("pactl")
+            .args(["list", "sink-inputs"])
+            .envs(self.env())
+            .output()
+            .expect("pactl list sink-inputs");
+        let text = String::from_utf8_lossy(&list.stdout);
+        let index = text
+            .split("Sink Input #")
+            .skip(1)
+            .find(|block| block.contains(&format!("\"room-{name}\"")))
+            .and_then(|block| block.lines().next())
+            .map(|l| l.trim().to_string())
+            .unwrap_or_else(|| panic!("no sink input for loopback {name}:\n{text}"));
+        assert!(self.pactl(&["set-sink-input-volume", &index, volume]));
+    }
+
+    fn start_with(room: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = std::fs::File::create(dir.path().join("pulse.log")).expect("pulse log");
+        let mix = if room {
+            "module-null-sink sink_name=mix rate=48000 channels=3 channel_map=front-left,front-right,front-center"
+        } else {
+            "module-null-sink sink_name=mix rate=48000 channels=2 channel_map=front-left,front-right"
+        };
+        let mut args = vec![
+            "--daemonize=no",
+            "--exit-idle-time=-1",
+            "--system=false",
+            "-n",
+            "-L",
+            "module-native-protocol-unix",
+            "-L",
+            mix,
+            "-L",
+            "module-remap-sink sink_name=micsink master=mix channels=1 channel_map=mono master_channel_map=front-left remix=no",
+            "-L",
+            "module-remap-sink sink_name=vsink master=mix channels=1 channel_map=mono master_channel_map=front-right remix=no",
+        ];
+        if room {
+            args.extend([
+                "-L",
+                "module-remap-sink sink_name=voicesink master=mix channels=1 channel_map=mono master_channel_map=front-center remix=no",
+            ]);
+        }
+        args.extend([
+            "-L",
+            "module-virtual-source source_name=vmic master=micsink.monitor",
+            "-L",
+            "module-always-sink",
+        ]);
         let child = Command::new("pulseaudio")
-            .args([
-                "--daemonize=no",
-                "--exit-idle-time=-1",
-                "--system=false",
-                "-n",
-                "-L",
-                "module-native-protocol-unix",
-                "-L",
-                "module-null-sink sink_name=mix rate=48000 channels=2 channel_map=front-left,front-right",
-                "-L",
-                "module-remap-sink sink_name=micsink master=mix channels=1 channel_map=mono master_channel_map=front-left remix=no",
-                "-L",
-                "module-remap-sink sink_name=vsink master=mix channels=1 channel_map=mono master_channel_map=front-right remix=no",
-                "-L",
-                "module-virtual-source source_name=vmic master=micsink.monitor",
-                "-L",
-                "module-always-sink",
-            ])
+            .args(&args)
             .envs(Self::env_for(dir.path()))
             .env("HOME", dir.path())
             .stdin(Stdio::null())
@@ -201,15 +270,22 @@ impl Pulse {
 
     /// Records `mix.monitor` (left = microphone, right = speaker) as raw s16le.
     fn record(&self, file: &Path) -> Guard {
+        self.record_channels(file, "front-left,front-right")
+    }
+
+    /// Records `mix.monitor` with the given channel map as raw s16le.
+    fn record_channels(&self, file: &Path, map: &str) -> Guard {
+        let channels = map.split(',').count();
         let child = Command::new("parec")
             .args([
                 "--device=mix.monitor",
                 "--format=s16le",
                 "--rate=48000",
-                "--channels=2",
                 "--raw",
                 "--latency-msec=20",
             ])
+            .arg(format!("--channels={channels}"))
+            .arg(format!("--channel-map={map}"))
             .arg(file)
             .envs(self.env())
             .stdin(Stdio::null())
@@ -220,8 +296,13 @@ impl Pulse {
 
     /// Plays a file into the microphone and waits for it to finish.
     fn speak(&self, wav: &Path) {
+        self.play_into("micsink", wav)
+    }
+
+    /// Plays a file into `sink` and waits for it to finish.
+    fn play_into(&self, sink: &str, wav: &Path) {
         let ok = Command::new("paplay")
-            .arg("--device=micsink")
+            .arg(format!("--device={sink}"))
             .arg(wav)
             .envs(self.env())
             .status()
@@ -305,6 +386,29 @@ impl Colloquy {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// `t_ms type` of the turn-taking events, for failure messages.
+    fn timeline(&self) -> String {
+        self.events()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e["type"].as_str(),
+                    Some(
+                        "speech_started"
+                            | "speech_stopped"
+                            | "turn_opened"
+                            | "interrupted"
+                            | "false_interruption"
+                            | "bot_started_speaking"
+                            | "bot_stopped_speaking"
+                    )
+                )
+            })
+            .map(|e| format!("{} {}", e["t_ms"], e["type"].as_str().unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn count(&self, kind: &str) -> usize {
@@ -483,10 +587,19 @@ fn run_answers_a_spoken_turn_on_virtual_devices() {
     if !devices_available() {
         return;
     }
+    // Headphones (no echo path): the default (the canceller) and `off`
+    // behave the same.
+    for args in [&[][..], &["--echo", "off"][..]] {
+        eprintln!("scenario: run {args:?}");
+        answer_a_spoken_turn(args);
+    }
+}
+
+fn answer_a_spoken_turn(args: &[&str]) {
     let mut pulse = Pulse::start();
     let rec = pulse.path("mix.raw");
     let mut recorder = pulse.record(&rec);
-    let mut app = Colloquy::start(&pulse, &[], &[]);
+    let mut app = Colloquy::start(&pulse, &[], args);
     // Inject only after capture started (it can take seconds under load).
     app.wait_line("colloquy: listening", Duration::from_secs(30));
     pulse.speak(&speech_file());
@@ -537,23 +650,25 @@ fn run_answers_a_spoken_turn_on_virtual_devices() {
 }
 
 /// The speaker feeds the microphone at full level (the worst room): with the
-/// echo gate the bot hears its own reply but neither interrupts itself nor
-/// answers it; with `--no-echo-gate` it interrupts itself.
+/// canceller (the default) and with the gate the bot hears its own reply but
+/// neither interrupts itself nor answers it; with `--no-echo-gate` (the old
+/// name of `--echo off`) it interrupts itself.
 #[test]
 fn the_bot_does_not_interrupt_itself_when_the_speaker_feeds_the_microphone() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !devices_available() {
         return;
     }
-    for gate in [true, false] {
+    for args in [&[][..], &["--echo", "gate"][..], &["--no-echo-gate"][..]] {
+        eprintln!("scenario: run {args:?}");
+        let protected = args != ["--no-echo-gate"];
         let mut pulse = Pulse::start();
         // The bot plays into the microphone's sink: a digital echo at 0 dB.
-        let args: &[&str] = if gate { &[] } else { &["--no-echo-gate"] };
         let mut app = Colloquy::start(&pulse, &[("PULSE_SINK", "micsink")], args);
         app.wait_line("colloquy: listening", Duration::from_secs(30));
         pulse.speak(&speech_file());
         app.wait_event("bot_started_speaking", 1, Duration::from_secs(30));
-        if gate {
+        if protected {
             app.wait_event("committed", 1, Duration::from_secs(30));
             // Let the echo tail pass: two more seconds in which a self-answer
             // would open a second turn.
@@ -570,6 +685,209 @@ fn the_bot_does_not_interrupt_itself_when_the_speaker_feeds_the_microphone() {
         pulse.stop();
         assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     }
+}
+
+/// Channels of a raw s16le recording with `n` interleaved channels.
+fn read_channels(path: &Path, n: usize) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(path).expect("recording");
+    let samples: Vec<f32> = bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+        .collect();
+    (0..n)
+        .map(|c| samples.iter().skip(c).step_by(n).copied().collect())
+        .collect()
+}
+
+/// About 21 s of one reader, sentences 150 ms apart, after 300 ms of quiet
+/// (the user's long utterance, which the parrot says back as a long reply).
+fn long_utterance() -> Vec<i16> {
+    let mut pieces = vec![common::silence_ms(300, 1)];
+    for (i, name) in ["0870", "0890", "0920", "0930"].iter().enumerate() {
+        let clip = common::load16k(&format!("speech/librivox-{name}.wav"));
+        let (a, b) = common::speech_bounds(&clip);
+        pieces.push(clip[a..b].to_vec());
+        pieces.push(common::silence_ms(150, i as u32 + 10));
+    }
+    common::concat(&pieces).0
+}
+
+fn level_dbfs(x: &[i16]) -> f32 {
+    let f: Vec<f32> = x.iter().map(|&v| v as f32 / 32768.0).collect();
+    colloquy::echo::room::active_dbfs(&f)
+}
+
+/// A second, real speaker (pocketsphinx `cards`) `below_db` under the level
+/// of `than`, after `lead_ms` of quiet.
+fn second_voice(than: &[i16], below_db: f32, lead_ms: usize) -> Vec<i16> {
+    let clip = common::load16k("speech/cards-005.wav");
+    let gain = colloquy::echo::room::db_to_gain(level_dbfs(than) - below_db - level_dbfs(&clip));
+    let mut out = vec![0i16; lead_ms * 16];
+    out.extend(clip.iter().map(|&v| (v as f32 * gain) as i16));
+    out
+}
+
+/// Frames (20 ms at 48 kHz) of the first silent run of at least `min_ms` on
+/// `env` at or after frame `from`.
+fn first_silence(env: &[f32], threshold: f32, from: usize, min_ms: f64) -> Option<usize> {
+    let need = (min_ms / frames_ms(1)).ceil() as usize;
+    let mut run = 0;
+    for (i, &e) in env.iter().enumerate().skip(from) {
+        if e < threshold {
+            run += 1;
+            if run >= need {
+                return Some(i + 1 - run);
+            }
+        } else {
+            run = 0;
+        }
+    }
+    None
+}
+
+/// The virtual room of issue 16 (`Pulse::start_room`: the speaker looped
+/// into the microphone after 60 ms at full level, plus a reflection). The
+/// user says a 21 s utterance; the parrot says it back. With the canceller
+/// (the default) the bot plays the whole reply and never answers its own
+/// echo (no turn opened after the reply started).
+#[test]
+fn in_a_virtual_room_the_canceller_plays_a_20_s_reply_without_answering_its_echo() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !devices_available() {
+        return;
+    }
+    let mut pulse = Pulse::start_room(60);
+    let utterance = pulse.path("long.wav");
+    common::write_wav16k(&utterance, &long_utterance());
+    // A long endpoint keeps the reader's sentence pauses inside one turn.
+    let mut app = Colloquy::start(&pulse, &[], &["--endpoint-ms", "1200"]);
+    app.wait_line("colloquy: listening", Duration::from_secs(30));
+    pulse.speak(&utterance);
+    app.wait_event("bot_started_speaking", 1, Duration::from_secs(30));
+    app.wait_event("bot_stopped_speaking", 1, Duration::from_secs(60));
+    // Three more seconds in which a self-answer would open a second turn.
+    let until = Instant::now() + Duration::from_secs(3);
+    // (Turns opened before the reply are the user's: speculative turns at
+    // the reader's pauses, then the final one.)
+    let bot_from = app
+        .events()
+        .iter()
+        .find(|e| e["type"] == "bot_started_speaking")
+        .and_then(|e| e["t_ms"].as_u64())
+        .expect("bot_started_speaking logged");
+    let self_answers = |app: &Colloquy| {
+        app.events()
+            .iter()
+            .filter(|e| e["type"] == "turn_opened" && e["t_ms"].as_u64() > Some(bot_from))
+            .count()
+    };
+    while Instant::now() < until {
+        assert_eq!(
+            self_answers(&app),
+            0,
+            "the bot answered its own echo: {}",
+            app.timeline()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Self-interruptions are reported, not asserted: on this room AEC3
+    // sometimes loses its alignment for a second mid-reply (about one run in
+    // two here), the bot stops and resumes (`false_interruption`). The
+    // deterministic room (tests/echo_room.rs) asserts none; docs/devices.md
+    // lists this as a known gap.
+    let interruptions = app.count("interrupted");
+    let timeline = app.timeline();
+    let (code, stdout, stderr) = app.stop();
+    pulse.stop();
+    eprintln!(
+        "measured: {interruptions} self-interruption(s) in the 21 s reply; {}; events: {timeline}",
+        stdout.lines().next().unwrap_or_default()
+    );
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("echo aec"), "stdout:\n{stdout}");
+}
+
+/// In the virtual room, a second voice 12 dB below the echo at the
+/// microphone starts mid-reply: with the canceller the bot stops within
+/// 500 ms of the voice's onset (measured on the recording: the voice's own
+/// channel against the speaker's); with `--echo gate` it is not heard at all.
+#[test]
+fn in_a_virtual_room_a_voice_12_db_below_the_echo_stops_the_bot_only_with_the_canceller() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !devices_available() {
+        return;
+    }
+    for mode in ["aec", "gate"] {
+        eprintln!("scenario: --echo {mode}");
+        let mut pulse = Pulse::start_room(60);
+        let long = long_utterance();
+        let utterance = pulse.path("long.wav");
+        common::write_wav16k(&utterance, &long);
+        let voice = pulse.path("voice.wav");
+        // 12 dB under the reply, whose echo reaches the microphone at full
+        // level (+ a reflection): checked on the recording below.
+        common::write_wav16k(&voice, &second_voice(&long, 12.0, 4_000));
+        let rec = pulse.path("room.raw");
+        let mut recorder = pulse.record_channels(&rec, "front-left,front-right,front-center");
+        let mut app = Colloquy::start(&pulse, &[], &["--echo", mode, "--endpoint-ms", "1200"]);
+        app.wait_line("colloquy: listening", Duration::from_secs(30));
+        pulse.speak(&utterance);
+        app.wait_event("bot_started_speaking", 1, Duration::from_secs(30));
+        // The voice starts about 4 s into the reply (its file's lead).
+        pulse.play_into("voicesink", &voice);
+        if mode == "aec" {
+            app.wait_event("interrupted", 1, Duration::from_secs(20));
+        } else {
+            app.wait_event("bot_stopped_speaking", 1, Duration::from_secs(60));
+        }
+        let interrupted = app.count("interrupted");
+        let (code, stdout, stderr) = app.stop();
+        recorder.terminate(Duration::from_secs(5));
+        pulse.stop();
+        assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+
+        let ch = read_channels(&rec, 3);
+        let (mic, bot, second) = (envelope(&ch[0]), envelope(&ch[1]), envelope(&ch[2]));
+        let peak = second.iter().copied().fold(0.0f32, f32::max);
+        assert!(peak > 0.001, "the second voice is silent on its channel");
+        let onset = second
+            .iter()
+            .position(|&e| e > peak * 0.03)
+            .expect("voice onset");
+        let bot_peak = bot.iter().copied().fold(0.0f32, f32::max);
+        // The level check: echo at the microphone (the second before the
+        // voice) against the voice on its own channel.
+        let echo_db = db(rms_of(&mic[onset.saturating_sub(50)..onset]));
+        let (v0, v1) = active_span(&second, peak * 0.01).expect("voice span");
+        let voice_db = db(rms_of(&second[v0..=v1]));
+        eprintln!(
+            "measured ({mode}): echo at the mic {echo_db:.1} dBFS, voice {voice_db:.1} dBFS ({:+.1} dB); {}",
+            voice_db - echo_db,
+            stdout.lines().next().unwrap_or_default()
+        );
+        assert!(
+            (voice_db - echo_db) < -9.0 && (voice_db - echo_db) > -16.0,
+            "the voice is not about 12 dB below the echo: {:.1} dB",
+            voice_db - echo_db
+        );
+        let stop = first_silence(&bot, bot_peak * 0.01, onset, 1000.0);
+        if mode == "aec" {
+            let stop = stop.expect("the bot never stopped after the voice started");
+            let latency = frames_ms(stop) - frames_ms(onset);
+            eprintln!("measured: barge-in at -12 dB, voice onset -> bot silent: {latency:.0} ms");
+            assert!(
+                latency <= 500.0,
+                "the bot stopped {latency:.0} ms after the voice started"
+            );
+            assert!(interrupted >= 1);
+        } else {
+            assert_eq!(interrupted, 0, "the gate heard the quiet voice");
+        }
+    }
+}
+
+fn rms_of(env: &[f32]) -> f32 {
+    (env.iter().map(|x| x * x).sum::<f32>() / env.len().max(1) as f32).sqrt()
 }
 
 /// The audio server disappears mid-run (like an unplugged device): `run`

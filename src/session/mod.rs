@@ -8,9 +8,11 @@
 //! input frame, so replays are deterministic and need no wall clock.
 //!
 //! # Real-time
-//! [`Session::process_frame`] — VAD, turn detector and utterance capture — does
-//! not allocate in steady state (no turn event): buffers are sized up front
-//! (`tests/no_alloc.rs` counts allocations).
+//! [`Session::process_frame`] — echo control, VAD, turn detector and utterance
+//! capture — does not allocate in steady state (no turn event): buffers are
+//! sized up front (`tests/no_alloc.rs` counts allocations, with the default
+//! echo backend; the AEC3 canceller of `--echo aec` allocates inside the
+//! `aec3` crate, see `echo/aec.rs`).
 //!
 //! # Invariants
 //! 1. Task results are delivered to the coordinator no earlier than
@@ -31,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 mod utterance;
 pub use utterance::UtteranceBuffer;
-// Echo gate (local devices transport): see echo.rs.
-pub mod echo;
-pub use echo::EchoGate;
+// Echo control before the VAD (local devices transport): see src/echo/.
+use crate::echo::EchoControl;
+pub use crate::echo::{EchoGate, EchoStats};
 
 /// How task results are placed on the session timeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,8 +126,9 @@ pub struct Session {
     /// LLM span events (telemetry: logged, never fenced by epoch).
     span_feed: Option<tokio::sync::broadcast::Receiver<crate::llm::span::SpanEvent>>,
     cancel: CancellationToken,
-    /// Echo gate (local devices): inert until `set_playback_level` is called.
-    echo: EchoGate,
+    /// Echo control (src/echo/): the gate by default, inert until
+    /// `set_playback_level` is called; transports may set another backend.
+    echo: Box<dyn EchoControl>,
 }
 
 impl Session {
@@ -176,7 +179,7 @@ impl Session {
             events: Vec::with_capacity(64),
             span_feed,
             cancel,
-            echo: EchoGate::new(),
+            echo: Box::new(EchoGate::new()),
         })
     }
 
@@ -196,21 +199,30 @@ impl Session {
         self.now
     }
 
-    // ---- echo gate hook (local devices transport) --------------------------
+    // ---- echo control hooks (local devices transport) ----------------------
 
-    /// Tells the echo gate the loudest playback energy (mean square, full
-    /// scale 1.0) since the last call. Transports playing into a room call it
-    /// before each `process`; until then the gate is inert. Real-time safe.
+    /// Replaces the echo-control backend (src/echo/; `EchoMode::build`).
+    pub fn set_echo(&mut self, echo: Box<dyn EchoControl>) {
+        self.echo = echo;
+    }
+
+    /// Tells the echo backend the loudest playback energy (mean square, full
+    /// scale 1.0) since the last call (the gate uses it). Real-time safe.
     pub fn set_playback_level(&mut self, mean_square: f32) {
         self.echo.set_playback_level(self.now, mean_square);
     }
 
-    /// The echo gate (read-only: gain estimate, frames rejected).
-    pub fn echo_gate(&self) -> &EchoGate {
-        &self.echo
+    /// Tells the echo backend the devices' output + input latency (ms).
+    pub fn set_echo_latency_ms(&mut self, ms: u32) {
+        self.echo.set_device_latency_ms(ms);
     }
 
-    // ---- end echo gate hook ------------------------------------------------
+    /// The echo backend's name and counters.
+    pub fn echo_stats(&self) -> (&'static str, EchoStats) {
+        (self.echo.name(), self.echo.stats())
+    }
+
+    // ---- end echo control hooks --------------------------------------------
 
     pub fn coordinator(&self) -> &Coordinator {
         &self.coordinator
@@ -261,9 +273,13 @@ impl Session {
     /// The per-frame data path: VAD → turn detector → utterance capture →
     /// coordinator tick. Real-time safe in steady state.
     pub fn process_frame(&mut self, frame: &AudioFrame) {
+        // Echo control before the VAD: a canceller cleans the frame, a gate
+        // may veto `p`; both pass everything unchanged until armed
+        // (echo/mod.rs invariant 3).
+        let mut cleaned = *frame;
+        self.echo.process(&mut cleaned);
+        let frame = &cleaned;
         let p = self.vad.speech_probability(frame);
-        // Echo gate (local devices): passes `p` unchanged unless a playback
-        // level was set (session/echo.rs invariant 1).
         let p = self.echo.gate(p, frame);
         let event = self.detector.push(p, frame.start);
         self.utterance.push(

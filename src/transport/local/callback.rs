@@ -21,8 +21,13 @@
 //! 4. `playback_level` holds the loudest per-callback mean square played since
 //!    the driver last took it (an f32 stored as bits; for non-negative floats
 //!    the bit order is the numeric order, so `fetch_max` works).
+//! 5. With a reference ring (`--echo aec`), every mono sample the output
+//!    callback hands to the device — silence included — is pushed into it in
+//!    play order (or counted as an overrun by the ring), so the echo
+//!    canceller's reference is what was really played.
 
 use crate::audio::{InputProducer, OutputConsumer};
+use crate::echo::ReferenceProducer;
 use cpal::{FromSample, Sample};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,12 +48,25 @@ pub struct CallbackShared {
     pub bot_speaking: AtomicBool,
     /// Invariant 4: loudest playback mean square since the driver took it.
     pub playback_level: AtomicU32,
+    /// Output latency the device reported at its last callback (µs: from
+    /// the callback to the playback of its first sample).
+    pub output_latency_us: AtomicU64,
+    /// Input latency the device reported at its last callback (µs: from the
+    /// capture of its first sample to the callback).
+    pub input_latency_us: AtomicU64,
 }
 
 impl CallbackShared {
     /// Takes the loudest playback level since the last call (invariant 4).
     pub fn take_playback_level(&self) -> f32 {
         f32::from_bits(self.playback_level.swap(0, Ordering::AcqRel))
+    }
+
+    /// The devices' last reported output + input latency (ms).
+    pub fn device_latency_ms(&self) -> u32 {
+        let us = self.output_latency_us.load(Ordering::Relaxed)
+            + self.input_latency_us.load(Ordering::Relaxed);
+        (us / 1000).min(u32::MAX as u64) as u32
     }
 }
 
@@ -91,6 +109,13 @@ impl InputCallback {
         }
     }
 
+    /// Records the latency the device reported for this callback. Real-time safe.
+    pub fn note_latency(&self, latency: std::time::Duration) {
+        self.shared
+            .input_latency_us
+            .store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// The f32 fast path (no conversion). Real-time safe.
     pub fn process_f32(&mut self, data: &[f32]) {
         self.shared.input_callbacks.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +140,8 @@ pub struct OutputCallback {
     heard: bool,
     /// Silence played inside the current reply, not yet known to be a gap.
     pending_gap: u64,
+    /// The echo canceller's reference ring (invariant 5).
+    reference: Option<ReferenceProducer>,
 }
 
 impl OutputCallback {
@@ -126,7 +153,21 @@ impl OutputCallback {
             shared,
             heard: false,
             pending_gap: 0,
+            reference: None,
         }
+    }
+
+    /// Also pushes everything played into `reference` (invariant 5).
+    pub fn with_reference(mut self, reference: Option<ReferenceProducer>) -> Self {
+        self.reference = reference;
+        self
+    }
+
+    /// Records the latency the device reported for this callback. Real-time safe.
+    pub fn note_latency(&self, latency: std::time::Duration) {
+        self.shared
+            .output_latency_us
+            .store(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Fills `data` (holds invariants 2–4). Real-time safe.
@@ -146,6 +187,10 @@ impl OutputCallback {
             let frames = chunk.len() / ch;
             let mono = &mut self.mono[..frames];
             let got = self.consumer.read(mono);
+            if let Some(reference) = self.reference.as_mut() {
+                // Invariant 5: the played samples, silence after `got` included.
+                reference.push(mono);
+            }
             let mut sum = 0.0f32;
             for (frame, &s) in chunk.chunks_exact_mut(ch).zip(mono.iter()) {
                 sum += s * s;
@@ -249,6 +294,23 @@ mod tests {
         shared.bot_speaking.store(false, Ordering::Release);
         cb.process(&mut buf);
         assert_eq!(stats.underruns.load(Ordering::Relaxed), 140);
+    }
+
+    #[test]
+    fn the_reference_ring_gets_exactly_what_was_played() {
+        let (mut p, c) = output_ring(1024);
+        let (rp, mut rc) = input_ring(1024);
+        let mut cb =
+            OutputCallback::new(c, 2, Arc::new(CallbackShared::default())).with_reference(Some(rp));
+        p.write(&[0.5, -0.25, 0.125]);
+        let mut data = [0.0f32; 10];
+        cb.process(&mut data);
+        p.write(&[0.75]);
+        let mut data = [0i16; 4];
+        cb.process(&mut data);
+        let mut got = [9.0f32; 16];
+        assert_eq!(rc.pop(&mut got), 7, "one reference sample per played frame");
+        assert_eq!(&got[..7], &[0.5, -0.25, 0.125, 0.0, 0.0, 0.75, 0.0]);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! - the device callbacks (cpal's threads) only move samples between the device
 //!   and the lock-free rings ([`callback`]);
 //! - the driver (the thread calling [`run`]) pulls input through the
-//!   [`Session`], feeds the echo gate the playback level, tells the output
+//!   [`Session`] (whose echo stage, `--echo aec`, reads the reference ring
+//!   the output callback fills), feeds the echo gate the playback level and
+//!   the echo canceller the devices' reported latencies, tells the output
 //!   callback whether the bot is speaking, draws the status line, writes the
 //!   event log, and reports ring overruns/underruns and device xruns as events;
 //! - the device error callbacks only forward errors on a bounded channel.
@@ -34,6 +36,7 @@ pub mod status;
 
 use crate::agent::{Agent, CostMode};
 use crate::audio::{input_ring, output_ring};
+use crate::echo::{EchoMode, EchoStats};
 use crate::frame::{Event, TimedEvent};
 use crate::session::{Pacing, Session, SessionConfig, SessionError};
 use crate::transport::event_log::EventLog;
@@ -58,9 +61,10 @@ pub struct LocalOptions {
     pub events: Option<PathBuf>,
     /// Draw the status line (hidden anyway when stderr is not a terminal).
     pub status: bool,
-    /// Gate the VAD with the playback level (session/echo.rs). Turn off only
-    /// with headphones, or to see the bot interrupt itself.
-    pub echo_gate: bool,
+    /// Echo control before the VAD (src/echo/): the canceller (default), the
+    /// energy gate, or nothing (headphones only, or to see the bot interrupt
+    /// itself).
+    pub echo: EchoMode,
     /// Journal to write committed turns to (none: no journal).
     pub journal: Option<PathBuf>,
     /// Resume this journal session: its committed turns are the starting context.
@@ -74,7 +78,7 @@ impl Default for LocalOptions {
             output: None,
             events: None,
             status: true,
-            echo_gate: true,
+            echo: EchoMode::default(),
             journal: None,
             resume: None,
         }
@@ -133,6 +137,8 @@ pub enum LocalError {
     #[error("session: {0}")]
     Session(#[from] SessionError),
     #[error(transparent)]
+    Echo(#[from] crate::echo::AecError),
+    #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot write the event log {path}: {cause}")]
     Events {
@@ -183,6 +189,9 @@ pub struct LocalReport {
     pub session_ms: u64,
     /// Frames the echo gate judged to be echo.
     pub echo_rejected: u64,
+    /// The echo mode used and its counters (ERLE and delay for `aec`).
+    pub echo_mode: EchoMode,
+    pub echo: EchoStats,
 }
 
 /// One device as `colloquy devices` lists it.
@@ -314,7 +323,11 @@ macro_rules! build_input {
                 let mut cb = $cb;
                 $device.build_input_stream::<f32, _, _>(
                     $config.config(),
-                    move |data: &[f32], _: &cpal::InputCallbackInfo| cb.process_f32(data),
+                    move |data: &[f32], info: &cpal::InputCallbackInfo| {
+                        let t = info.timestamp();
+                        cb.note_latency(t.callback.duration_since(t.capture));
+                        cb.process_f32(data)
+                    },
                     $err,
                     None,
                 )
@@ -323,7 +336,11 @@ macro_rules! build_input {
                 let mut cb = $cb;
                 $device.build_input_stream::<$t, _, _>(
                     $config.config(),
-                    move |data: &[$t], _: &cpal::InputCallbackInfo| cb.process(data),
+                    move |data: &[$t], info: &cpal::InputCallbackInfo| {
+                        let t = info.timestamp();
+                        cb.note_latency(t.callback.duration_since(t.capture));
+                        cb.process(data)
+                    },
                     $err,
                     None,
                 )
@@ -344,7 +361,11 @@ macro_rules! build_output {
                 let mut cb = $cb;
                 $device.build_output_stream::<$t, _, _>(
                     $config.config(),
-                    move |data: &mut [$t], _: &cpal::OutputCallbackInfo| cb.process(data),
+                    move |data: &mut [$t], info: &cpal::OutputCallbackInfo| {
+                        let t = info.timestamp();
+                        cb.note_latency(t.playback.duration_since(t.callback));
+                        cb.process(data)
+                    },
                     $err,
                     None,
                 )
@@ -436,11 +457,15 @@ pub fn run(
         "microphone",
     )?;
     let mut session = Session::new(config, agent, in_cons, out_prod)?.with_history(history);
+    // Echo control (src/echo/): for `aec`, a reference ring of two seconds
+    // filled by the output callback (callback.rs invariant 5).
+    let (echo, reference) = opts.echo.build(out_rate, 2.0)?;
+    session.set_echo(echo);
 
     let shared = Arc::new(CallbackShared::default());
     let (err_tx, err_rx) = crossbeam_channel::bounded::<(Direction, cpal::Error)>(64);
     let in_cb = InputCallback::new(in_prod, in_ch, shared.clone());
-    let out_cb = OutputCallback::new(out_cons, out_ch, shared.clone());
+    let out_cb = OutputCallback::new(out_cons, out_ch, shared.clone()).with_reference(reference);
 
     let in_stream = build_input!(
         in_dev, in_cfg, in_cb, error_callback(Direction::Input, err_tx.clone()),
@@ -498,9 +523,10 @@ pub fn run(
     say(
         &status,
         &format!(
-            "colloquy: microphone {in_name:?} ({in_rate} Hz, {in_ch} ch, {}), speaker {out_name:?} ({out_rate} Hz, {out_ch} ch, {}); Ctrl-C to stop",
+            "colloquy: microphone {in_name:?} ({in_rate} Hz, {in_ch} ch, {}), speaker {out_name:?} ({out_rate} Hz, {out_ch} ch, {}); echo {}; Ctrl-C to stop",
             in_cfg.sample_format(),
-            out_cfg.sample_format()
+            out_cfg.sample_format(),
+            opts.echo,
         ),
     );
 
@@ -588,10 +614,11 @@ pub fn run(
             );
         }
 
-        let level = shared.take_playback_level();
-        if opts.echo_gate {
-            session.set_playback_level(level);
-        }
+        // The gate (alone, or guarding the canceller while it converges)
+        // uses the playback level, the canceller the latencies; `off`
+        // ignores both.
+        session.set_playback_level(shared.take_playback_level());
+        session.set_echo_latency_ms(shared.device_latency_ms());
         session.process(|_| {});
         // Invariant 4.
         shared
@@ -702,7 +729,9 @@ pub fn run(
         committed,
         counters,
         session_ms: session.now_ms(),
-        echo_rejected: session.echo_gate().rejected(),
+        echo_rejected: session.echo_stats().1.rejected,
+        echo_mode: opts.echo,
+        echo: session.echo_stats().1,
     })
 }
 

@@ -47,8 +47,8 @@ use super::gate::CommitGate;
 use super::journal::{Claim, SessionLease};
 use super::limits::{Limiter, Verdict};
 use super::protocol::{
-    check_hello, parse_client_text, ClientMessage, ErrorCode, History, Pong, ProtocolError,
-    ServerHello, PROTOCOL_VERSION,
+    check_hello, parse_client_text, ClientMessage, EchoAnswer, ErrorCode, History, Pong,
+    ProtocolError, ServerHello, PROTOCOL_VERSION,
 };
 use super::{ServerShared, ServerStats};
 use crate::agent::CostMode;
@@ -541,7 +541,11 @@ impl Driver {
             Ok(ClientMessage::Hello {
                 version,
                 sample_rate,
+                echo_cancellation,
             }) => {
+                // Who cancels the echo (the browser's canceller, never a
+                // second one here): docs/protocol.md.
+                self.push_json(&EchoAnswer::for_client(echo_cancellation));
                 let rate = match check_hello(version, sample_rate) {
                     Ok(rate) => rate,
                     Err(e) => {

@@ -33,6 +33,10 @@ pub enum ClientMessage {
         version: Option<u32>,
         #[serde(default)]
         sample_rate: Option<u32>,
+        /// Whether the browser's echo cancellation is on for the microphone
+        /// (`getUserMedia` track settings); absent = not reported.
+        #[serde(default)]
+        echo_cancellation: Option<bool>,
     },
     /// Keeps an idle connection open; answered with `pong`.
     Ping {
@@ -97,6 +101,38 @@ pub struct History {
     pub kind: String,
     pub session: String,
     pub turns: Vec<HistoryTurn>,
+}
+
+/// The server's answer to a client `hello`: who cancels the bot's echo on
+/// this connection. The server applies no canceller of its own (it cannot
+/// see when the browser plays its audio); the browser's is the one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EchoAnswer {
+    /// Always `"echo"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What the client reported (`null`: not reported).
+    pub browser: Option<bool>,
+    /// The server's own echo control on this connection: always `"none"`.
+    pub server: String,
+    /// One sentence for the user.
+    pub message: String,
+}
+
+impl EchoAnswer {
+    pub fn for_client(browser: Option<bool>) -> Self {
+        let message = match browser {
+            Some(true) => "the browser cancels the echo; the server adds no second canceller",
+            Some(false) => "the browser's echo cancellation is off and the server applies none: use headphones, or the bot may hear itself",
+            None => "the page did not say whether the browser cancels echo; the server applies no canceller",
+        };
+        Self {
+            kind: "echo".into(),
+            browser,
+            server: "none".into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// The server's answer to `ping`.
@@ -246,9 +282,24 @@ mod tests {
             parse_client_text(r#"{"type":"hello","version":1,"sample_rate":48000}"#),
             Ok(ClientMessage::Hello {
                 version: Some(1),
-                sample_rate: Some(48000)
+                sample_rate: Some(48000),
+                echo_cancellation: None,
             })
         );
+        assert_eq!(
+            parse_client_text(
+                r#"{"type":"hello","version":1,"sample_rate":48000,"echo_cancellation":true}"#
+            ),
+            Ok(ClientMessage::Hello {
+                version: Some(1),
+                sample_rate: Some(48000),
+                echo_cancellation: Some(true),
+            })
+        );
+        let answer = serde_json::to_value(EchoAnswer::for_client(Some(true))).unwrap();
+        assert_eq!(answer["type"], "echo");
+        assert_eq!(answer["browser"], true);
+        assert_eq!(answer["server"], "none");
         assert_eq!(
             parse_client_text(r#"{"type":"bye"}"#),
             Ok(ClientMessage::Bye)

@@ -295,6 +295,10 @@ function onEvent(ev) {
     case 'history':
       renderHistory(ev.turns || []);
       break;
+    case 'echo':
+      stats.echo = { browser: ev.browser, server: ev.server };
+      if (ev.browser === false) toast(ev.message, 'echo');
+      break;
     case 'state':
       setState(ev.state);
       break;
@@ -595,7 +599,12 @@ async function start() {
     ws.onopen = () => {
       opened = true;
       setConn('live', 'on');
-      ws.send(JSON.stringify({ type: 'hello', version: PROTOCOL_VERSION, sample_rate: ctx.sampleRate }));
+      // The browser's echo canceller is the only one on this path: tell the
+      // server whether it is on (it answers with an `echo` message).
+      const track = stream.getAudioTracks()[0];
+      const settings = track && track.getSettings ? track.getSettings() : {};
+      const echoCancellation = typeof settings.echoCancellation === 'boolean' ? settings.echoCancellation : null;
+      ws.send(JSON.stringify({ type: 'hello', version: PROTOCOL_VERSION, sample_rate: ctx.sampleRate, echo_cancellation: echoCancellation }));
       source.connect(capture);
       capture.port.onmessage = (e) => {
         const m = e.data;

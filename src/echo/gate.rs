@@ -1,5 +1,5 @@
-//! The echo gate: keeps the bot from hearing (and interrupting) itself when
-//! the speaker and the microphone share a room.
+//! The echo gate (`--echo gate`): keeps the bot from hearing (and
+//! interrupting) itself when the speaker and the microphone share a room.
 //!
 //! It is a gate, not a canceller: while the bot's audio is playing (or just
 //! played), a microphone frame counts as speech only if its energy exceeds the
@@ -30,6 +30,7 @@
 //! 3. The gain estimate moves only on frames the gate rejected, and stays
 //!    within [`EchoGate::MIN_GAIN_DB`]..=[`EchoGate::MAX_GAIN_DB`].
 
+use super::{EchoControl, EchoStats};
 use crate::frame::{AudioFrame, FRAME_SAMPLES, SAMPLE_RATE};
 
 /// Entries of playback history kept (one per driver tick).
@@ -142,6 +143,27 @@ impl EchoGate {
         };
         self.gain_db = (self.gain_db + step).clamp(Self::MIN_GAIN_DB, Self::MAX_GAIN_DB);
         0.0
+    }
+}
+
+impl EchoControl for EchoGate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+
+    fn gate(&mut self, p: f32, frame: &AudioFrame) -> f32 {
+        EchoGate::gate(self, p, frame)
+    }
+
+    fn set_playback_level(&mut self, now: u64, mean_square: f32) {
+        EchoGate::set_playback_level(self, now, mean_square)
+    }
+
+    fn stats(&self) -> EchoStats {
+        EchoStats {
+            rejected: self.rejected,
+            ..EchoStats::default()
+        }
     }
 }
 
