@@ -100,7 +100,11 @@ fn snapshots_merge_both_sides_once_and_keep_the_longer_cooldown() {
     assert_eq!(a.models, once.models, "merging twice changes nothing");
     let s = a.summary("h/m", 2_000);
     assert_eq!(s.samples, 3, "both sides' samples");
-    assert_eq!(s.cooldown_remaining_ms, Some(8_200), "the other side's cooldown");
+    assert_eq!(
+        s.cooldown_remaining_ms,
+        Some(8_200),
+        "the other side's cooldown"
+    );
     assert_eq!(a.summary("embedded/smol", 2_000).served, 1);
     assert!(a.merge_snapshot("{not json", 2_000).is_err());
 }
