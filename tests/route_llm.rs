@@ -466,3 +466,44 @@ async fn traffic_returns_to_the_hosted_model_after_its_cooldown_and_a_good_probe
     assert!(picks[3..].iter().all(|m| *m == hosted_key), "{picks:?}");
     assert_eq!(r.switches(), 2, "away on the 429 and back after the probe");
 }
+
+#[tokio::test(start_paused = true)]
+async fn turns_that_would_queue_behind_the_local_model_overflow_to_the_hosted_one() {
+    // The local model is preferred and faster to its first token, but one
+    // reply occupies it for about a second.
+    let local = Arc::new(ScriptedModel::new(
+        "embedded",
+        "smol",
+        Script::n_tokens(20, 300, 50),
+    ));
+    let hosted = hosted("overflow", 500);
+    let (r, _spans) = router(&[&local, &hosted]);
+    // Warm: turn 1 probes the hosted model (measured as a shadow).
+    assert_eq!(turn(&r).await.model.as_deref(), Some("embedded/smol"));
+    settle().await;
+    assert_eq!(turn(&r).await.model.as_deref(), Some("embedded/smol"));
+    // Three sessions' turns at once.
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let r = r.clone();
+            tokio::spawn(async move { turn(&r).await })
+        })
+        .collect();
+    let mut models = Vec::new();
+    for h in handles {
+        let t = h.await.expect("turn");
+        models.push((t.model.expect("answered"), t.first_text.expect("text")));
+    }
+    println!("three at once: {models:?}");
+    assert_eq!(
+        models[0].0, "embedded/smol",
+        "the first takes the idle local model"
+    );
+    for (m, first) in &models[1..] {
+        assert_eq!(m, "h/overflow", "the others overflow: {models:?}");
+        assert!(
+            *first <= ms(500),
+            "within the hosted model's latency: {first:?}"
+        );
+    }
+}

@@ -266,3 +266,54 @@ fn the_stack_writes_its_store_and_status_reads_it() {
         "{table}"
     );
 }
+
+/// A malformed candidate is bad input: exit status 2 and an error naming
+/// the entry and where it came from (the flag or the variable).
+#[test]
+fn a_bad_candidate_exits_2_naming_the_entry_and_its_source() {
+    let wav =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/speech/q-france.wav");
+    for (args, var, needle) in [
+        (
+            vec!["--llm", "ftp://127.0.0.1/v1::m"],
+            None,
+            "--llm: `ftp://127.0.0.1/v1::m`: scheme `ftp`",
+        ),
+        (
+            vec!["--stt", "embedded,,embedded"],
+            None,
+            "--stt: an empty candidate",
+        ),
+        (
+            vec!["--tts", "embedded", "--tts", "embedded"],
+            None,
+            "--tts: a candidate is listed twice",
+        ),
+        (
+            vec![],
+            Some(("COLLOQUY_TTS", "bogus")),
+            "COLLOQUY_TTS: unknown candidate `bogus`",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_colloquy"));
+        cmd.arg("replay").arg(&wav).arg("--no-journal").args(&args);
+        for v in [
+            "COLLOQUY_LLM",
+            "COLLOQUY_STT",
+            "COLLOQUY_TTS",
+            "COLLOQUY_CONFIG",
+        ] {
+            cmd.env_remove(v);
+        }
+        if let Some((k, v)) = var {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run colloquy");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle) && stderr.contains("fix:"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
