@@ -27,17 +27,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn bench_router(c: &mut Criterion) {
-    let rt = runtime();
-    let _g = rt.enter();
+/// A router over `n` scripted candidates (the last one local) with full
+/// telemetry windows.
+fn router_with(n: usize) -> Router {
     let window = WindowConfig::default();
     let mut store = TelemetryStore::new(window.clone());
     let clock = StoreClock::at(1_000_000);
     let now = clock.now_ms();
-    let models: Vec<Arc<dyn ChatModel>> = (0..4)
+    let models: Vec<Arc<dyn ChatModel>> = (0..n)
         .map(|i| {
+            let provider = if i + 1 == n { "embedded" } else { "p" };
             Arc::new(ScriptedModel::new(
-                "p",
+                provider,
                 &format!("m{i}"),
                 Script::n_tokens(3, 0, 0),
             )) as Arc<dyn ChatModel>
@@ -47,7 +48,13 @@ fn bench_router(c: &mut Criterion) {
         let key = format!("{}/{}", m.provider(), m.model());
         for s in 0..window.max_samples {
             let ttft = Duration::from_millis(200 + 50 * i as u64 + (s as u64 % 7) * 10);
-            store.record_success(&key, Some(ttft), Some(40.0), now - 1000 + s as u64);
+            store.record_served(
+                &key,
+                Some(ttft),
+                Some(ttft * 4),
+                Some(40.0),
+                now - 1000 + s as u64,
+            );
         }
     }
     let telemetry = Telemetry::new(store, clock);
@@ -57,17 +64,29 @@ fn bench_router(c: &mut Criterion) {
         RetryPolicy::default(),
         LegTimeouts::default(),
     );
-    let router = Router::new(
+    Router::new(
         models.into_iter().map(|m| LegModel::new(m, None)).collect(),
         runner,
         RouterPolicy {
             seed: Some(1),
             ..RouterPolicy::default()
         },
-    );
-    c.bench_function("router_plan_4_models_full_windows", |b| {
-        b.iter(|| black_box(router.plan()))
-    });
+    )
+}
+
+/// One routing decision per turn: read every candidate's window from the
+/// store and plan (what `Router::plan` does at each turn's start).
+fn bench_router(c: &mut Criterion) {
+    let rt = runtime();
+    let _g = rt.enter();
+    let mut group = c.benchmark_group("router_plan_full_windows");
+    for n in 2..=6 {
+        let router = router_with(n);
+        group.bench_function(format!("{n}_candidates"), |b| {
+            b.iter(|| black_box(router.plan()))
+        });
+    }
+    group.finish();
 }
 
 fn bench_span(c: &mut Criterion) {

@@ -15,7 +15,7 @@ cargo test --release --locked --workspace --all-targets
 
 printf '\n==> embedded conversation with the network cut off (new network namespace)\n'
 if unshare -n true 2>/dev/null; then
-  unshare -n -- cargo test --release --locked --offline --test embedded_conversation --test flows_embedded -- --nocapture
+  unshare -n -- cargo test --release --locked --offline --test embedded_conversation --test flows_embedded --test route_offline -- --nocapture
 else
   echo "error: cannot create a network namespace (unshare -n); run as root" >&2
   exit 1

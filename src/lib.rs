@@ -12,6 +12,8 @@
 //! - [`agent`]: what answers a turn (parrot, voice = STT → LLM → TTS).
 //! - [`stt`], [`llm`], [`tts`]: the three model stages, each a trait with one
 //!   backend per file.
+//! - [`route`]: the routing core every stage shares (candidates, rolling
+//!   telemetry, hedged races, fallback).
 //! - [`flows`]: conversation flows (nodes, functions, triggers) and their
 //!   load-time validation.
 //! - [`journal`]: committed turns in SQLite; sessions and traces.
@@ -27,6 +29,7 @@ pub mod frame;
 pub mod journal;
 pub mod llm;
 pub mod models;
+pub mod route;
 pub mod session;
 pub mod stt;
 pub mod tools;

@@ -44,16 +44,19 @@ struct PipelineArgs {
     /// Who answers.
     #[arg(long, value_enum, default_value = "voice")]
     agent: AgentKind,
-    /// Hosted chat model `BASE_URL::MODEL` (repeatable; order = preference).
-    /// Key from OPENAI_API_KEY. Default: the embedded SmolLM2.
+    /// Chat model candidate: `embedded` (SmolLM2) or `BASE_URL::MODEL`
+    /// (repeatable or comma-separated; order = preference; the router picks
+    /// per turn). Key from OPENAI_API_KEY. Default: embedded.
     #[arg(long, env = "COLLOQUY_LLM", value_delimiter = ',')]
     llm: Vec<String>,
-    /// Hosted transcription `BASE_URL::MODEL`. Default: embedded Whisper.
-    #[arg(long, env = "COLLOQUY_STT")]
-    stt: Option<String>,
-    /// Hosted speech `BASE_URL::MODEL[::VOICE]`. Default: embedded Piper.
-    #[arg(long, env = "COLLOQUY_TTS")]
-    tts: Option<String>,
+    /// Transcription candidate: `embedded` (Whisper) or `BASE_URL::MODEL`
+    /// (repeatable or comma-separated). Default: embedded.
+    #[arg(long, env = "COLLOQUY_STT", value_delimiter = ',')]
+    stt: Vec<String>,
+    /// Speech candidate: `embedded` (Piper/espeak-ng) or
+    /// `BASE_URL::MODEL[::VOICE]` (repeatable or comma-separated). Default: embedded.
+    #[arg(long, env = "COLLOQUY_TTS", value_delimiter = ',')]
+    tts: Vec<String>,
     /// Embedded voice: piper (natural) or espeak (instant, robotic).
     #[arg(long, value_enum, default_value = "piper")]
     voice: colloquy::agent::stack::TtsEngine,
@@ -301,14 +304,18 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, agents, |server| {
+    let served = runtime.block_on(serve(config, agents, |server| {
         println!("colloquy is listening. Open this page and press the mic button:");
         match &resume {
             Some(id) => println!("  {}&session={id}", server.page_url()),
             None => println!("  {}", server.page_url()),
         }
         println!("(Ctrl-C to stop)");
-    }))?;
+    }));
+    if let Some(stack) = STACK.get() {
+        stack.save();
+    }
+    served?;
     Ok(())
 }
 
@@ -326,6 +333,8 @@ fn main() -> ExitCode {
                 c.is::<colloquy::transport::file::ReplayError>()
                     || c.is::<FlowError>()
                     || fleet_args::is_bad_location(c)
+                    || c.downcast_ref::<colloquy::agent::stack::StackError>()
+                        .is_some_and(|s| s.is_bad_input())
             });
             if bad_input {
                 ExitCode::from(2)
@@ -410,6 +419,7 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
                         stt: args.stt.clone(),
                         tts: args.tts.clone(),
                         tts_engine: args.voice,
+                        telemetry: Default::default(),
                         config_toml: match &args.config {
                             Some(p) => Some(std::fs::read_to_string(p).with_context(|| {
                                 format!("reading the config file {}", p.display())
@@ -432,6 +442,7 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
                     for line in &stack.summary {
                         eprintln!("  {line}");
                     }
+                    stack.start_autosave(Duration::from_secs(30));
                     STACK.get_or_init(|| Arc::new(stack)).clone()
                 }
             };
@@ -561,10 +572,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { journal } => {
             match colloquy::llm::telemetry::default_store_path() {
                 Some(p) if p.exists() => {
-                    println!("LLM telemetry ({}):", p.display());
+                    println!("routing telemetry ({}):", p.display());
                     print!("{}", colloquy::llm::telemetry::status_table(&p)?);
                 }
-                _ => println!("LLM telemetry: no store yet (it is written when a session ends)"),
+                _ => println!("routing telemetry: no store yet (it is written every 30 s and when a session ends)"),
             }
             let j = open_journal(journal)?;
             let sessions = j.sessions()?;
@@ -673,7 +684,11 @@ mod local {
             journal: journal.path(),
             resume: journal.session.clone(),
         };
-        let report = transport::run(&opts, agent, session_config(pipeline), stop)?;
+        let report = transport::run(&opts, agent, session_config(pipeline), stop);
+        if let Some(stack) = super::STACK.get() {
+            stack.save();
+        }
+        let report = report?;
         let c = &report.counters;
         println!(
             "stopped after {:.1} s: {} turn(s) committed; overruns {}, underruns {}, xruns {}, {}",

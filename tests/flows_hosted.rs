@@ -26,8 +26,8 @@ fn replay_hosted(
 ) -> colloquy::transport::file::ReplayReport {
     let opts = StackOptions {
         llm: vec![format!("{}::chat-fake", fake.base_url())],
-        stt: Some(format!("{}::whisper-1", fake.base_url())),
-        tts: Some(format!("{}::tts-1::alloy", fake.base_url())),
+        stt: vec![format!("{}::whisper-1", fake.base_url())],
+        tts: vec![format!("{}::tts-1::alloy", fake.base_url())],
         flow: Some(flow),
         ..StackOptions::default()
     };

@@ -52,10 +52,15 @@ fn router(models: &[Arc<ScriptedModel>], policy: RouterPolicy, retry: RetryPolic
     Arc::new(Router::new(candidates, runner(retry), policy))
 }
 
+/// The policy of these tests: no probe, no hedge (tests of those are in
+/// `route_*`), no dwell, so each test sees one mechanism.
 fn policy(exploration_rate: f64) -> RouterPolicy {
     RouterPolicy {
         exploration_rate,
         seed: Some(42),
+        probe: false,
+        hedge: false,
+        min_dwell_turns: 0,
         ..RouterPolicy::default()
     }
 }
@@ -253,8 +258,8 @@ async fn over_http_a_failing_model_falls_back_to_the_next_server() {
                 format!("{}::one", s1.base_url()),
                 format!("{}::two", s2.base_url()),
             ],
-            None,
-            None,
+            &[],
+            &[],
             &|_| None,
         )
         .expect("cli");

@@ -105,7 +105,7 @@ async fn api_keys_never_appear_in_logs_events_errors_or_debug() {
     ));
     let mut config = LlmConfig::default();
     config
-        .apply_cli(&[format!("{}::m", server.base_url())], None, None, &|k| {
+        .apply_cli(&[format!("{}::m", server.base_url())], &[], &[], &|k| {
             (k == "OPENAI_API_KEY").then(|| SECRET.to_string())
         })
         .expect("cli");

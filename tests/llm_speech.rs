@@ -45,7 +45,7 @@ async fn transcription_errors_and_cancels_are_reported() {
     ]);
     let stt = OpenAiStt::new(&server.base_url(), "whisper-1", None);
     match stt.transcribe(&tone(800), &CancellationToken::new()).await {
-        Err(SttError::Backend { message, .. }) => assert!(message.contains("503"), "{message}"),
+        Err(SttError::Hosted { error, .. }) => assert_eq!(error.status, Some(503), "{error}"),
         other => panic!("{other:?}"),
     }
     let cancel = CancellationToken::new();
@@ -90,10 +90,15 @@ async fn speech_errors_are_backend_errors() {
     server.push_speech([Reply::rate_limited(1.0)]);
     let tts = OpenAiTts::new(&server.base_url(), "tts-1", "alloy", None);
     match tts.synthesize("Hi.", &CancellationToken::new()).await {
-        Err(TtsError::Backend { message, .. }) => assert!(
-            message.contains("RateLimited") && message.contains("429"),
-            "{message}"
-        ),
+        Err(TtsError::Hosted { error, .. }) => {
+            assert_eq!(
+                error.class,
+                colloquy::llm::ErrorClass::RateLimited,
+                "{error}"
+            );
+            assert_eq!(error.status, Some(429), "{error}");
+            assert_eq!(error.retry_after, Some(Duration::from_secs(1)), "{error}");
+        }
         other => panic!("{other:?}"),
     }
 }

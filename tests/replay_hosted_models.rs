@@ -36,8 +36,9 @@ fn a_failing_hosted_model_falls_back_within_the_turn_and_spans_reach_the_log() {
             format!("{}::model-one", one.base_url()),
             format!("{}::model-two", two.base_url()),
         ],
-        stt: Some(format!("{}::whisper-1", one.base_url())),
-        tts: Some(format!("{}::tts-1::alloy", one.base_url())),
+        stt: vec![format!("{}::whisper-1", one.base_url())],
+        tts: vec![format!("{}::tts-1::alloy", one.base_url())],
+        telemetry: colloquy::agent::stack::StoreLocation::Memory,
         ..StackOptions::default()
     };
     // No embedded model is touched: an empty store would fail if it were.
@@ -62,14 +63,27 @@ fn a_failing_hosted_model_falls_back_within_the_turn_and_spans_reach_the_log() {
         round.last().map(|m| m.content.as_str()),
         Some("Paris is the capital of France.")
     );
-    // The journal's "model that answered" is the candidate key `provider/model`.
+    // The journal keeps which model served each stage (`provider/model`).
+    let served = colloquy::agent::served::Served::parse(
+        report.committed[0].model.as_deref().unwrap_or_default(),
+    );
     assert!(
-        report.committed[0]
-            .model
+        served
+            .llm
             .as_deref()
             .is_some_and(|m| m.ends_with("/model-two")),
-        "{:?}",
-        report.committed[0].model
+        "{served:?}"
+    );
+    assert!(
+        served
+            .stt
+            .as_deref()
+            .is_some_and(|m| m.ends_with("/whisper-1")),
+        "{served:?}"
+    );
+    assert!(
+        served.tts.iter().all(|m| m.ends_with("/tts-1")) && !served.tts.is_empty(),
+        "{served:?}"
     );
 
     let spans: Vec<(String, String)> = report

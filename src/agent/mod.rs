@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod flow;
 pub mod parrot;
+pub mod served;
 pub mod stack;
 pub mod voice;
 
@@ -59,7 +60,8 @@ pub enum Payload {
     Transcript(String),
     /// Model text as it streams (for live display; not spoken by itself).
     Token(String),
-    /// Which model answered (for the journal).
+    /// Which model served each stage so far (for the journal; the label of
+    /// [`served::Served`]); the last one sent counts.
     Model(String),
     /// A speakable chunk: its text and its audio at 16 kHz.
     Speech { text: String, audio: Arc<[i16]> },

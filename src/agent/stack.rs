@@ -1,6 +1,8 @@
 //! Builds the voice agent's stages from the command line and the model
-//! store: embedded by default (Whisper worker, llama.cpp, Piper or espeak),
-//! or OpenAI-compatible services per stage (`--llm`, `--stt`, `--tts`).
+//! store: each stage is a router over its candidate list (`--llm`, `--stt`,
+//! `--tts`, repeatable; `embedded` is this machine's model — Whisper
+//! worker, llama.cpp, Piper or espeak — and `BASE_URL::MODEL` a hosted
+//! OpenAI-compatible one). The default is `embedded` alone per stage.
 //!
 //! # Invariants
 //! 1. Every model is loaded once per process and shared by all sessions.
@@ -8,21 +10,25 @@
 //!    error that names the model and the command that fixes it.
 //! 3. API keys come only from the environment (`OPENAI_API_KEY` or the
 //!    variable named in config) and never appear in errors or logs.
+//! 4. Every stage shares one telemetry store (loaded once, saved by
+//!    [`VoiceStack::save`] and the autosave thread) and one routing policy.
 
 use super::voice::{VoiceAgent, VoiceOptions};
 use super::Agent;
-use crate::llm::config::{self, LlmConfig};
+use crate::llm::config::{self, Entry, LlmConfig};
 use crate::llm::leg::LegModel;
-use crate::llm::leg::{LegRunner, LegTimeouts};
-use crate::llm::retry::RetryPolicy;
-use crate::llm::router::{Router, RouterPolicy};
+use crate::llm::router::Router;
 use crate::llm::span::SpanSink;
-use crate::llm::telemetry::{self, Telemetry, WindowConfig};
+use crate::llm::telemetry::{self, Telemetry};
 use crate::models::{ModelId, ModelStore};
+use crate::route::StageCandidate;
+use crate::stt::routed::RoutedStt;
 use crate::stt::SpeechToText;
+use crate::tts::routed::RoutedTts;
 use crate::tts::TextToSpeech;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Which embedded voice speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -37,12 +43,15 @@ pub enum TtsEngine {
 /// What the voice stack is built from.
 #[derive(Clone, Debug, Default)]
 pub struct StackOptions {
-    /// Hosted chat models, `BASE_URL::MODEL` (order = preference).
+    /// Chat model candidates, `embedded` or `BASE_URL::MODEL` (order =
+    /// preference; empty: the config file's list, else `embedded`).
     pub llm: Vec<String>,
-    /// Hosted transcription, `BASE_URL::MODEL`.
-    pub stt: Option<String>,
-    /// Hosted speech, `BASE_URL::MODEL[::VOICE]`.
-    pub tts: Option<String>,
+    /// Transcription candidates, `embedded` or `BASE_URL::MODEL`.
+    pub stt: Vec<String>,
+    /// Speech candidates, `embedded` or `BASE_URL::MODEL[::VOICE]`.
+    pub tts: Vec<String>,
+    /// Where the telemetry store lives.
+    pub telemetry: StoreLocation,
     pub tts_engine: TtsEngine,
     /// TOML file with an `[llm]` table (models, keys' variable names, prices).
     pub config_toml: Option<String>,
@@ -54,6 +63,17 @@ pub struct StackOptions {
     pub stt_window: SttWindow,
     /// The conversation flow every session follows (`None`: open chat).
     pub flow: Option<Arc<crate::flows::Flow>>,
+}
+
+/// Where the routing telemetry store is kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The user's state directory (`colloquy status` reads it).
+    #[default]
+    UserState,
+    /// In memory only (tests: no state from earlier runs).
+    Memory,
+    At(PathBuf),
 }
 
 /// Whisper's encoder window (the main term of voice-to-voice latency).
@@ -87,6 +107,13 @@ pub enum StackError {
     LlmStack(#[from] crate::llm::stack::StackError),
 }
 
+impl StackError {
+    /// The command line or config file was wrong (exit status 2).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, StackError::Config(_))
+    }
+}
+
 /// The loaded stages (shared by every session, invariant 1).
 pub struct VoiceStack {
     pub stt: Arc<dyn SpeechToText>,
@@ -109,63 +136,106 @@ impl VoiceStack {
             None => LlmConfig::default(),
         };
         cfg.apply_env(env)?;
-        cfg.apply_cli(&opts.llm, opts.stt.as_deref(), opts.tts.as_deref(), env)?;
+        cfg.apply_cli(&opts.llm, &opts.stt, &opts.tts, env)?;
+        let telemetry_path = match &opts.telemetry {
+            StoreLocation::UserState => telemetry::default_store_path(),
+            StoreLocation::Memory => None,
+            StoreLocation::At(p) => Some(p.clone()),
+        };
+        let telemetry = match &telemetry_path {
+            Some(p) => Telemetry::load(p, cfg.telemetry.clone())?,
+            None => Telemetry::empty(cfg.telemetry.clone()),
+        };
         let mut summary = Vec::new();
 
-        let stt: Arc<dyn SpeechToText> = match &cfg.stt {
-            Some(spec) => {
-                summary.push(format!("stt: {} (hosted)", spec.model));
-                Arc::new(crate::llm::stack::build_stt(spec, env)?)
-            }
-            None => {
-                summary.push("stt: whisper tiny.en (embedded, worker process)".into());
-                embedded_stt(store, opts)?
-            }
-        };
-        let tts: Arc<dyn TextToSpeech> = match &cfg.tts {
-            Some(spec) => {
-                summary.push(format!("tts: {} (hosted)", spec.model));
-                Arc::new(crate::llm::stack::build_tts(spec, env)?)
-            }
-            None => embedded_tts(store, opts, &mut summary)?,
-        };
-        let telemetry_path = telemetry::default_store_path();
-        let (router, telemetry) = if cfg.models.is_empty() {
-            let telemetry = match &telemetry_path {
-                Some(p) => Telemetry::load(p, cfg.telemetry.clone())?,
-                None => Telemetry::empty(WindowConfig::default()),
-            };
-            let model = embedded_llm(store, opts)?;
-            summary.push(format!("llm: {} (embedded)", model.key));
-            let runner = LegRunner::new(
-                SpanSink::default(),
-                telemetry.clone(),
-                RetryPolicy::default(),
-                LegTimeouts::default(),
-            );
-            (
-                Arc::new(Router::new(vec![model], runner, RouterPolicy::default())),
-                telemetry,
-            )
+        let mut stt = Vec::new();
+        for entry in cfg.stt_candidates() {
+            stt.push(match entry {
+                Entry::Embedded => {
+                    let backend = embedded_stt(store, opts)?;
+                    StageCandidate {
+                        name: format!("embedded/{}", backend.name()),
+                        backend,
+                        local: true,
+                    }
+                }
+                Entry::Hosted(spec) => StageCandidate {
+                    name: spec.key(),
+                    backend: Arc::new(crate::llm::stack::build_stt(&spec, env)?)
+                        as Arc<dyn SpeechToText>,
+                    local: false,
+                },
+            });
+        }
+        summary.push(stage_line("stt", stt.iter().map(|c| (&c.name, c.local))));
+        let mut tts = Vec::new();
+        for entry in cfg.tts_candidates() {
+            tts.push(match entry {
+                Entry::Embedded => {
+                    let backend = embedded_tts(store, opts)?;
+                    StageCandidate {
+                        name: format!("embedded/{}", backend.name()),
+                        backend,
+                        local: true,
+                    }
+                }
+                Entry::Hosted(spec) => StageCandidate {
+                    name: spec.key(),
+                    backend: Arc::new(crate::llm::stack::build_tts(&spec, env)?)
+                        as Arc<dyn TextToSpeech>,
+                    local: false,
+                },
+            });
+        }
+        summary.push(stage_line("tts", tts.iter().map(|c| (&c.name, c.local))));
+        let embedded = if cfg
+            .llm_candidates()
+            .iter()
+            .any(|e| matches!(e, Entry::Embedded))
+        {
+            Some(embedded_llm(store, opts)?)
         } else {
-            let stack = crate::llm::LlmStack::start(&cfg, telemetry_path.clone(), env)?;
-            for m in &cfg.models {
-                summary.push(format!("llm: {} (hosted)", m.model));
-            }
-            (stack.router, stack.telemetry)
+            None
         };
+        let router =
+            Router::from_config_with(&cfg, embedded, SpanSink::default(), telemetry.clone(), env)?;
+        summary.push(stage_line(
+            "llm",
+            router.candidates().iter().map(|c| (&c.key, c.local)),
+        ));
         if let Some(flow) = &opts.flow {
             summary.push(format!("flow: {}", flow.file.display()));
         }
         Ok(Self {
             flow: opts.flow.clone(),
-            stt,
-            tts,
-            router,
+            stt: Arc::new(RoutedStt::new(stt, cfg.router.clone(), telemetry.clone())),
+            tts: Arc::new(RoutedTts::new(tts, cfg.router.clone(), telemetry.clone())),
+            router: Arc::new(router),
             telemetry,
             telemetry_path,
             summary,
         })
+    }
+
+    /// Saves the store every `every` on a thread of its own, for the life
+    /// of the process (`serve`, `run`); [`VoiceStack::save`] at shutdown
+    /// writes the last of it. No-op without a store path.
+    pub fn start_autosave(&self, every: Duration) {
+        let Some(path) = self.telemetry_path.clone() else {
+            return;
+        };
+        let telemetry = self.telemetry.clone();
+        let spawned = std::thread::Builder::new()
+            .name("telemetry-save".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                if let Err(e) = telemetry.save(&path) {
+                    tracing::warn!(error = %e, "could not save the routing telemetry store");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no autosave thread for the routing telemetry");
+        }
     }
 
     /// A voice agent over these stages; its tasks run on `runtime`.
@@ -186,10 +256,23 @@ impl VoiceStack {
     pub fn save(&self) {
         if let Some(p) = &self.telemetry_path {
             if let Err(e) = self.telemetry.save(p) {
-                tracing::warn!(error = %e, "could not save the LLM telemetry store");
+                tracing::warn!(error = %e, "could not save the routing telemetry store");
             }
         }
     }
+
+    /// Where the store is saved (none: in memory only).
+    pub fn telemetry_path(&self) -> Option<&std::path::Path> {
+        self.telemetry_path.as_deref()
+    }
+}
+
+/// `stt: a (hosted), embedded/whisper-tiny.en (embedded)` for the banner.
+fn stage_line<'a>(stage: &str, c: impl Iterator<Item = (&'a String, bool)>) -> String {
+    let list: Vec<String> = c
+        .map(|(name, local)| format!("{name} ({})", if local { "embedded" } else { "hosted" }))
+        .collect();
+    format!("{stage}: {}", list.join(", then "))
 }
 
 #[cfg(feature = "embedded")]
@@ -225,10 +308,8 @@ fn embedded_llm(store: &ModelStore, opts: &StackOptions) -> Result<LegModel, Sta
 fn embedded_tts(
     store: &ModelStore,
     opts: &StackOptions,
-    summary: &mut Vec<String>,
 ) -> Result<Arc<dyn TextToSpeech>, StackError> {
     if opts.tts_engine == TtsEngine::Espeak {
-        summary.push("tts: espeak-ng (embedded)".into());
         return Ok(Arc::new(crate::tts::espeak::EspeakTts::new(
             crate::tts::espeak::DEFAULT_RATE_WPM,
         )?));
@@ -236,7 +317,6 @@ fn embedded_tts(
     let onnx = store.require(ModelId::PiperJoe)?;
     let json = onnx.with_extension("onnx.json");
     let lib = store.require(ModelId::OnnxRuntime)?;
-    summary.push("tts: piper en_US-joe-medium (embedded)".into());
     Ok(Arc::new(crate::tts::piper::PiperTts::load(
         &onnx, &json, &lib, 1,
     )?))
@@ -263,12 +343,7 @@ fn embedded_llm(_: &ModelStore, _: &StackOptions) -> Result<LegModel, StackError
 }
 
 #[cfg(not(feature = "embedded"))]
-fn embedded_tts(
-    _: &ModelStore,
-    _: &StackOptions,
-    summary: &mut Vec<String>,
-) -> Result<Arc<dyn TextToSpeech>, StackError> {
-    summary.push("tts: espeak-ng (embedded)".into());
+fn embedded_tts(_: &ModelStore, _: &StackOptions) -> Result<Arc<dyn TextToSpeech>, StackError> {
     Ok(Arc::new(crate::tts::espeak::EspeakTts::new(
         crate::tts::espeak::DEFAULT_RATE_WPM,
     )?))

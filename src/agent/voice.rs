@@ -16,6 +16,7 @@
 //!    scheduling").
 
 use super::flow::FlowReply;
+use super::served::Served;
 use super::{Agent, Payload, Reporter, TurnJob};
 use crate::audio::wav::mono_i16_to_16k;
 use crate::flows::{Flow, FlowState};
@@ -121,6 +122,7 @@ impl Agent for VoiceAgent {
             reporter,
             epoch: job.epoch,
             spoke: false,
+            served: Served::default(),
         };
         let stt = self.stt.clone();
         self.runtime.spawn(async move {
@@ -140,8 +142,11 @@ impl Agent for VoiceAgent {
                 return;
             }
             // 1. STT.
-            let text = match stt.transcribe(&job.user_audio, &turn.cancel).await {
-                Ok(t) => t.text.trim().to_string(),
+            let text = match stt.transcribe_served(&job.user_audio, &turn.cancel).await {
+                Ok((t, model)) => {
+                    turn.served.set_stt(&model);
+                    t.text.trim().to_string()
+                }
                 Err(crate::stt::SttError::Cancelled) => return,
                 Err(e) => {
                     turn.reporter.send(Payload::Failed(e.to_string()));
@@ -189,6 +194,8 @@ struct Turn {
     epoch: u64,
     /// Audio was reported (no model restart any more, invariant 2).
     spoke: bool,
+    /// Which model served each stage (reported for the journal).
+    served: Served,
 }
 
 impl Turn {
@@ -233,8 +240,13 @@ impl Turn {
 
     /// Synthesises one sentence and reports it (invariant 3: one at a time).
     async fn speak(&mut self, sentence: String) -> Step {
-        let speech = match self.tts.synthesize(&sentence, &self.cancel).await {
-            Ok(s) => s,
+        let speech = match self.tts.synthesize_served(&sentence, &self.cancel).await {
+            Ok((s, voice)) => {
+                if self.served.add_tts(&voice) {
+                    self.reporter.send(Payload::Model(self.served.label()));
+                }
+                s
+            }
             Err(crate::tts::TtsError::Cancelled) => return Step::Stop,
             Err(e) => {
                 self.reporter.send(Payload::Failed(e.to_string()));
@@ -304,7 +316,8 @@ impl Turn {
                     continue;
                 }
                 Some(TurnItem::Done { model }) => {
-                    self.reporter.send(Payload::Model(model));
+                    self.served.llm = Some(model);
+                    self.reporter.send(Payload::Model(self.served.label()));
                     chunker.finish()
                 }
                 None => chunker.finish(),

@@ -19,13 +19,14 @@ pub enum Speaker {
 
 /// Why an in-flight task was cancelled. Each reason is distinct on purpose:
 /// a barge-in is the user's doing, a shutdown the operator's, a deadline the
-/// turn's budget.
+/// turn's budget, a lost hedge the router's (another model answered first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     BargeIn,
     Shutdown,
     Deadline,
+    HedgeLost,
 }
 
 /// One thing that happened on the control plane.

@@ -1,8 +1,10 @@
-//! Configuration of the hosted model stages: the list of chat models
-//! (provider, base URL, model, API-key variable, price), the STT and TTS
-//! services, and the retry/router/leg knobs. Read from the `[llm]` TOML
-//! table, then `COLLOQUY_LLM`/`COLLOQUY_STT`/`COLLOQUY_TTS`, then the
-//! `--llm`/`--stt`/`--tts` flags (`BASE_URL::MODEL[::VOICE]`).
+//! Configuration of the model stages: each stage's candidate list — the
+//! word `embedded` (this machine's model: SmolLM2, Whisper, Piper/espeak-ng)
+//! or a hosted `BASE_URL::MODEL[::VOICE]` (provider, API-key variable,
+//! price) — and the retry/router/leg knobs. Read from the config file
+//! (`models`, `stt`, `tts` lists), then `COLLOQUY_LLM`/`COLLOQUY_STT`/
+//! `COLLOQUY_TTS` (comma-separated), then the repeatable `--llm`/`--stt`/
+//! `--tts` flags. An empty list means `embedded` alone.
 //!
 //! # Invariants
 //! 1. An API key is only ever read from the environment variable the config
@@ -11,6 +13,9 @@
 //! 2. The order of the model list is the preference while no latency is known.
 //! 3. Later sources replace earlier ones as a whole: a `--llm` list replaces
 //!    the config file's list rather than appending to it.
+//! 4. A list entry is `embedded` or a URL with an http(s) scheme and a
+//!    model; anything else (another scheme, a bare word, an empty entry, a
+//!    candidate listed twice) is an error naming the entry and its source.
 
 use crate::llm::leg::LegTimeouts;
 use crate::llm::retry::RetryPolicy;
@@ -79,6 +84,10 @@ pub struct ModelSpec {
     pub api_key_env: Option<String>,
     #[serde(default)]
     pub price: Option<Price>,
+    /// Written as a `BASE_URL::MODEL` string: the key comes from
+    /// `OPENAI_API_KEY` when that is set.
+    #[serde(skip)]
+    pub default_key: bool,
 }
 
 impl ModelSpec {
@@ -105,15 +114,31 @@ pub struct ServiceSpec {
     pub voice: Option<String>,
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// As in [`ModelSpec::default_key`].
+    #[serde(skip)]
+    pub default_key: bool,
 }
+
+impl ServiceSpec {
+    /// `host:port/model`, the store key's provider/model part.
+    pub fn key(&self) -> String {
+        format!("{}/{}", host_of(&self.base_url), self.model)
+    }
+}
+
+use super::entry::{check_unique, one_or_many};
+pub use super::entry::{parse_entry, parse_list, Entry, FromEndpoint};
 
 /// The `[llm]` table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
-    pub models: Vec<ModelSpec>,
-    pub stt: Option<ServiceSpec>,
-    pub tts: Option<ServiceSpec>,
+    /// The LLM candidates (empty: `embedded` alone).
+    pub models: Vec<Entry<ModelSpec>>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub stt: Vec<Entry<ServiceSpec>>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub tts: Vec<Entry<ServiceSpec>>,
     pub retry: RetryPolicy,
     pub router: RouterPolicy,
     pub leg: LegTimeouts,
@@ -133,7 +158,7 @@ pub enum ConfigError {
     MissingKey { model: String, var: String },
 }
 
-fn invalid(origin: &str, message: impl Into<String>, hint: &str) -> ConfigError {
+pub(crate) fn invalid(origin: &str, message: impl Into<String>, hint: &str) -> ConfigError {
     ConfigError::Invalid {
         origin: origin.into(),
         message: message.into(),
@@ -213,86 +238,138 @@ fn cli_key_env(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
 impl LlmConfig {
     /// Parses a TOML text holding the `[llm]` table's contents.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text)
-            .map_err(|e| invalid(origin, e.to_string(), "see the [llm] example in the README"))
+        let config: Self = toml::from_str(text).map_err(|e| {
+            invalid(
+                origin,
+                e.to_string(),
+                "see the routing example in the README",
+            )
+        })?;
+        config.validate(origin)?;
+        Ok(config)
     }
 
-    fn models_from_list(
-        list: &[String],
+    fn with_key_env<S>(
+        mut list: Vec<Entry<S>>,
+        env: &dyn Fn(&str) -> Option<String>,
+        set: impl Fn(&mut S, Option<String>),
+    ) -> Vec<Entry<S>> {
+        for e in &mut list {
+            if let Entry::Hosted(s) = e {
+                set(s, cli_key_env(env));
+            }
+        }
+        list
+    }
+
+    fn set_llm(
+        &mut self,
+        items: &[String],
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<ModelSpec>, ConfigError> {
-        list.iter()
-            .map(|s| {
-                let e = parse_endpoint(s.trim(), origin)?;
-                if e.voice.is_some() {
-                    return Err(invalid(
-                        origin,
-                        format!("`{s}`: a chat model takes no voice"),
-                        "write BASE_URL::MODEL",
-                    ));
-                }
-                Ok(ModelSpec {
-                    provider: None,
-                    base_url: e.base_url,
-                    model: e.model,
-                    api_key_env: cli_key_env(env),
-                    price: None,
-                })
-            })
-            .collect()
+    ) -> Result<(), ConfigError> {
+        let list = parse_list::<ModelSpec>(items, origin)?;
+        self.models = Self::with_key_env(list, env, |s, k| {
+            s.api_key_env = k;
+            s.default_key = false;
+        });
+        Ok(())
     }
 
-    fn service(
-        s: &str,
+    fn set_service(
+        items: &[String],
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<ServiceSpec, ConfigError> {
-        let e = parse_endpoint(s.trim(), origin)?;
-        Ok(ServiceSpec {
-            base_url: e.base_url,
-            model: e.model,
-            voice: e.voice,
-            api_key_env: cli_key_env(env),
-        })
+    ) -> Result<Vec<Entry<ServiceSpec>>, ConfigError> {
+        let list = parse_list::<ServiceSpec>(items, origin)?;
+        Ok(Self::with_key_env(list, env, |s, k| {
+            s.api_key_env = k;
+            s.default_key = false;
+        }))
     }
 
-    /// Applies `COLLOQUY_LLM` (comma-separated endpoints), `COLLOQUY_STT` and
-    /// `COLLOQUY_TTS` from `env` (invariant 3).
+    /// Applies `COLLOQUY_LLM`, `COLLOQUY_STT` and `COLLOQUY_TTS`
+    /// (comma-separated lists) from `env` (invariants 3 and 4).
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let split = |v: String| v.split(',').map(str::to_string).collect::<Vec<_>>();
         if let Some(list) = env("COLLOQUY_LLM").filter(|v| !v.trim().is_empty()) {
-            let items: Vec<String> = list.split(',').map(str::to_string).collect();
-            self.models = Self::models_from_list(&items, "COLLOQUY_LLM", env)?;
+            self.set_llm(&split(list), "COLLOQUY_LLM", env)?;
         }
-        if let Some(s) = env("COLLOQUY_STT").filter(|v| !v.trim().is_empty()) {
-            self.stt = Some(Self::service(&s, "COLLOQUY_STT", env)?);
+        if let Some(list) = env("COLLOQUY_STT").filter(|v| !v.trim().is_empty()) {
+            self.stt = Self::set_service(&split(list), "COLLOQUY_STT", env)?;
         }
-        if let Some(s) = env("COLLOQUY_TTS").filter(|v| !v.trim().is_empty()) {
-            self.tts = Some(Self::service(&s, "COLLOQUY_TTS", env)?);
+        if let Some(list) = env("COLLOQUY_TTS").filter(|v| !v.trim().is_empty()) {
+            self.tts = Self::set_service(&split(list), "COLLOQUY_TTS", env)?;
         }
         Ok(())
     }
 
-    /// Applies the `--llm` (repeatable), `--stt` and `--tts` flags
-    /// (invariants 2 and 3).
+    /// Applies the repeatable `--llm`, `--stt` and `--tts` flags
+    /// (invariants 2, 3 and 4).
     pub fn apply_cli(
         &mut self,
         llm: &[String],
-        stt: Option<&str>,
-        tts: Option<&str>,
+        stt: &[String],
+        tts: &[String],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         if !llm.is_empty() {
-            self.models = Self::models_from_list(llm, "--llm", env)?;
+            self.set_llm(llm, "--llm", env)?;
         }
-        if let Some(s) = stt {
-            self.stt = Some(Self::service(s, "--stt", env)?);
+        if !stt.is_empty() {
+            self.stt = Self::set_service(stt, "--stt", env)?;
         }
-        if let Some(s) = tts {
-            self.tts = Some(Self::service(s, "--tts", env)?);
+        if !tts.is_empty() {
+            self.tts = Self::set_service(tts, "--tts", env)?;
         }
         Ok(())
     }
+
+    /// Checks the file's lists (invariant 4: no candidate twice).
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        check_unique(&self.models, origin)?;
+        check_unique(&self.stt, origin)?;
+        check_unique(&self.tts, origin)
+    }
+
+    /// The LLM candidates (`embedded` alone when none are listed).
+    pub fn llm_candidates(&self) -> Vec<Entry<ModelSpec>> {
+        if self.models.is_empty() {
+            vec![Entry::Embedded]
+        } else {
+            self.models.clone()
+        }
+    }
+
+    /// The STT candidates (`embedded` alone when none are listed).
+    pub fn stt_candidates(&self) -> Vec<Entry<ServiceSpec>> {
+        if self.stt.is_empty() {
+            vec![Entry::Embedded]
+        } else {
+            self.stt.clone()
+        }
+    }
+
+    /// The TTS candidates (`embedded` alone when none are listed).
+    pub fn tts_candidates(&self) -> Vec<Entry<ServiceSpec>> {
+        if self.tts.is_empty() {
+            vec![Entry::Embedded]
+        } else {
+            self.tts.clone()
+        }
+    }
+}
+
+/// The variable a spec's key comes from: the one it names, else
+/// `OPENAI_API_KEY` for a string entry when that is set (invariant 1).
+pub fn key_env(
+    api_key_env: Option<&str>,
+    default_key: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    api_key_env
+        .map(str::to_string)
+        .or_else(|| (default_key).then(|| cli_key_env(env)).flatten())
 }
 
 /// Reads the key a spec names from `env` (invariant 1).
@@ -319,96 +396,5 @@ pub fn process_env(name: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    #[test]
-    fn endpoints_parse_with_ports_paths_ipv6_and_voices() {
-        let e = parse_endpoint("http://127.0.0.1:8080/v1::gpt-x", "t").unwrap();
-        assert_eq!(e.base_url, "http://127.0.0.1:8080/v1");
-        assert_eq!(e.model, "gpt-x");
-        let e = parse_endpoint("http://[::1]:9000/v1/::m::alloy", "t").unwrap();
-        assert_eq!(e.base_url, "http://[::1]:9000/v1");
-        assert_eq!((e.model.as_str(), e.voice.as_deref()), ("m", Some("alloy")));
-        for bad in [
-            "127.0.0.1::m",
-            "ftp://127.0.0.1::m",
-            "http://127.0.0.1",
-            "http://127.0.0.1::",
-            "http://127.0.0.1::m::v::x",
-        ] {
-            let err = parse_endpoint(bad, "--llm").expect_err(bad);
-            assert!(err.to_string().contains("fix:"), "{err}");
-        }
-    }
-
-    #[test]
-    fn cli_models_replace_the_file_list_in_order_with_the_default_key_var() {
-        let mut c = LlmConfig::from_toml(
-            r#"
-            [[models]]
-            provider = "a"
-            base_url = "http://127.0.0.1:1/v1"
-            model = "m1"
-            api_key_env = "A_KEY"
-            price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }
-            [retry]
-            max_attempts = 2
-            "#,
-            "colloquy.toml",
-        )
-        .unwrap();
-        assert_eq!(c.models[0].key(), "a/m1");
-        assert_eq!(c.retry.max_attempts, 2);
-        let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "sk-test".to_string());
-        c.apply_cli(
-            &[
-                "http://127.0.0.1:1/v1::x".into(),
-                "http://127.0.0.1:2/v1::y".into(),
-            ],
-            None,
-            Some("http://127.0.0.1:3/v1::tts-1::nova"),
-            &env,
-        )
-        .unwrap();
-        let keys: Vec<_> = c.models.iter().map(ModelSpec::key).collect();
-        assert_eq!(keys, ["127.0.0.1:1/x", "127.0.0.1:2/y"]);
-        assert_eq!(c.models[0].api_key_env.as_deref(), Some("OPENAI_API_KEY"));
-        assert_eq!(
-            c.tts.as_ref().and_then(|t| t.voice.as_deref()),
-            Some("nova")
-        );
-        c.apply_cli(&["http://127.0.0.1::x".into()], None, None, &no_env)
-            .unwrap();
-        assert_eq!(c.models[0].api_key_env, None, "no OPENAI_API_KEY: no key");
-    }
-
-    #[test]
-    fn env_lists_apply_and_unknown_fields_are_rejected() {
-        let mut c = LlmConfig::default();
-        let env = |k: &str| {
-            (k == "COLLOQUY_LLM")
-                .then(|| "http://127.0.0.1:4/v1::m1, http://127.0.0.1:5/v1::m2".to_string())
-        };
-        c.apply_env(&env).unwrap();
-        assert_eq!(c.models.len(), 2);
-        let err = LlmConfig::from_toml("[[models]]\nbase_url='x'\nmodel='m'\nkey='oops'", "f.toml")
-            .expect_err("unknown field");
-        assert!(err.to_string().contains("f.toml"), "{err}");
-    }
-
-    #[test]
-    fn keys_come_from_the_named_variable_and_never_print() {
-        let env = |k: &str| (k == "MY_KEY").then(|| "sk-secret-123".to_string());
-        let key = resolve_key(Some("MY_KEY"), "m", &env).unwrap().unwrap();
-        assert_eq!(format!("{key:?}"), "***");
-        assert_eq!(key.redact("bearer sk-secret-123!"), "bearer ***!");
-        let err = resolve_key(Some("NOPE"), "p/m", &env).expect_err("missing");
-        assert!(err.to_string().contains("NOPE") && err.to_string().contains("fix:"));
-        assert_eq!(resolve_key(None, "m", &env).unwrap(), None);
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -15,7 +15,8 @@
 //!    the consumer discards the partial text.
 //! 5. Telemetry records every completed or failed attempt; a cancel is not
 //!    the model's fault and is not recorded, except a deadline hit before the
-//!    first token (recorded as a timeout).
+//!    first token (recorded as a timeout) and a lost hedge (recorded as lost:
+//!    at its time to first token, or censored at its elapsed time).
 
 use crate::frame::CancelReason;
 use crate::llm::lifecycle::{LegState, Transition};
@@ -146,6 +147,8 @@ pub struct LegModel {
     pub key: String,
     pub price: Option<Price>,
     pub model: Arc<dyn ChatModel>,
+    /// Runs on this machine (its requests queue; never shadowed).
+    pub local: bool,
 }
 
 impl std::fmt::Debug for LegModel {
@@ -409,9 +412,14 @@ impl LegRunner {
         drop(heartbeat);
         match end {
             Ok((finished, reason, usage)) => {
+                let total = start.elapsed();
                 let measured = span.complete(reason, usage, m.price.as_ref());
-                self.telemetry
-                    .record_success(&m.key, measured.ttft, measured.tokens_per_s);
+                self.telemetry.record_served(
+                    &m.key,
+                    measured.ttft,
+                    Some(total),
+                    measured.tokens_per_s,
+                );
                 if out.send(LegItem::Delta(finished)).await.is_err() {
                     return Attempt::ConsumerGone;
                 }
@@ -426,6 +434,12 @@ impl LegRunner {
                         "turn deadline before the first token",
                     );
                     self.telemetry.record_failure(&m.key, &e);
+                }
+                if reason == CancelReason::HedgeLost {
+                    match span.ttft() {
+                        Some(ttft) => self.telemetry.record_lost(&m.key, ttft, false),
+                        None => self.telemetry.record_lost(&m.key, start.elapsed(), true),
+                    }
                 }
                 span.cancel(reason);
                 Attempt::Cancelled(reason)

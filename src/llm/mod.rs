@@ -9,6 +9,7 @@
 //!    decide on the class, never on message text.
 
 pub mod config;
+pub mod entry;
 pub mod leg;
 pub mod lifecycle;
 pub mod openai;
@@ -17,6 +18,7 @@ pub mod router;
 pub mod span;
 pub mod stack;
 pub mod telemetry;
+mod telemetry_io;
 pub mod testkit;
 
 pub use config::{ApiKey, LlmConfig, ModelSpec, Price};
@@ -36,6 +38,10 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// The provider name of the embedded model (llama.cpp), the `embedded`
+/// candidate of the LLM stage.
+pub const EMBEDDED_PROVIDER: &str = "embedded";
 
 /// Who wrote a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

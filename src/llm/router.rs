@@ -1,69 +1,48 @@
-//! The router: for each turn, orders the candidate models by expected time
-//! to first token, with hysteresis and a little exploration, and runs the
-//! turn's leg with fallback to the next model.
+//! The LLM router: each turn, the shared routing core ([`crate::route`])
+//! orders the candidate models (the embedded one and hosted ones) from
+//! rolling telemetry and load; the turn runs as a hedged race on the first
+//! token with fallback to the next model.
 //!
 //! # Invariants
-//! 1. A model in a rate-limit cooldown, or whose recent success rate is
-//!    below `min_success_rate`, is not healthy; unhealthy models are planned
-//!    only when no healthy model is left.
-//! 2. Hysteresis: the incumbent keeps the first place unless a challenger's
-//!    score beats it by more than `hysteresis_ratio` *and* `hysteresis_ms`,
-//!    or the incumbent is unhealthy. An exploration pick never changes the
-//!    incumbent.
-//! 3. With no latency known, the configured order is the preference.
-//! 4. A turn falls back to the next model only while no audio of the turn was
-//!    played; the consumer gets [`TurnItem::Restart`] before the next model's
-//!    text, and exactly one of `Done`, `Failed` or `Cancelled` last.
-//! 5. Exploration draws from a seeded RNG, so routing is reproducible under
-//!    a fixed `seed`.
+//! 1. Planning is the core's (route plan invariants): a model in cooldown is
+//!    planned only when nothing else is left; the configured order is the
+//!    preference within `prefer_within_ms`; hysteresis and a dwell prevent
+//!    flapping; untried and recovering models are probed beside the chosen
+//!    one; exploration is seeded.
+//! 2. Hedged first token: when the chosen model has streamed no token by its
+//!    rolling p90 (bounded by `hedge_min_ms`..`hedge_max_ms`) the next model
+//!    starts; the first token wins. Each leg ends with exactly one terminal
+//!    span event; a loser's is `cancelled` with reason `hedge_lost` (a hosted
+//!    loser runs on as a shadow until its own first token, to be measured).
+//! 3. Fallback: a leg failing before its first token (429, 5xx, reset,
+//!    malformed stream, unreachable, first-token timeout) starts the next
+//!    model at once. With more than one candidate a leg makes one attempt:
+//!    the next model is the retry.
+//! 4. A winner failing after it streamed (a stall past `stall_ms`, an error)
+//!    restarts on the next model only while no audio of the turn was played:
+//!    the consumer gets [`TurnItem::Restart`] before the next model's text.
+//!    Once audio played the turn ends with `Failed`, and the consumer ends
+//!    the reply cleanly with what was said.
+//! 5. The consumer gets exactly one of `Done`, `Failed` or `Cancelled` last;
+//!    a cancel carries its reason (barge-in, shutdown, deadline).
 
 use crate::frame::CancelReason;
-use crate::llm::config::{resolve_key, ConfigError, LlmConfig};
+use crate::llm::config::{key_env, resolve_key, ConfigError, Entry, LlmConfig};
 use crate::llm::leg::{CancelSignal, LegInput, LegItem, LegModel, LegOutcome, LegRunner};
 use crate::llm::openai::OpenAiChat;
 use crate::llm::span::SpanSink;
-use crate::llm::telemetry::{ModelSummary, Telemetry};
+use crate::llm::telemetry::Telemetry;
 use crate::llm::{ChatDelta, ChatModel, ChatRequest, ErrorClass, LlmError, Price};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use crate::route::{race, Loss, Observed, Plan, RaceEnd, RouteCore, RoutePolicy, Stage};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Routing knobs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RouterPolicy {
-    /// A challenger must be this much faster, relatively …
-    pub hysteresis_ratio: f64,
-    /// … and by this many milliseconds, to take the first place.
-    pub hysteresis_ms: u64,
-    /// Share of turns that try a random other healthy model first.
-    pub exploration_rate: f64,
-    /// Score added per unit of failure rate (ms).
-    pub failure_penalty_ms: u64,
-    /// Below this recent success rate (with `min_samples`) a model is unhealthy.
-    pub min_success_rate: f64,
-    pub min_samples: usize,
-    /// RNG seed for exploration; random when absent.
-    pub seed: Option<u64>,
-}
-
-impl Default for RouterPolicy {
-    fn default() -> Self {
-        Self {
-            hysteresis_ratio: 0.2,
-            hysteresis_ms: 50,
-            exploration_rate: 0.05,
-            failure_penalty_ms: 2_000,
-            min_success_rate: 0.34,
-            min_samples: 3,
-            seed: None,
-        }
-    }
-}
+/// Routing knobs (the `[router]` table; shared by every stage).
+pub type RouterPolicy = RoutePolicy;
 
 /// A candidate model of the router.
 pub type Candidate = LegModel;
@@ -74,36 +53,23 @@ impl LegModel {
         Self {
             key: format!("{}/{}", model.provider(), model.model()),
             price,
+            local: model.provider() == crate::llm::EMBEDDED_PROVIDER,
             model,
         }
     }
 }
 
 /// The order a turn tries the candidates in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RoutePlan {
-    /// Candidate indices, first tried first.
-    pub order: Vec<usize>,
-    /// The first place is an exploration pick.
-    pub explored: bool,
-    /// How many of `order` are healthy (they come first).
-    pub healthy: usize,
-}
-
-#[derive(Debug)]
-struct RouterState {
-    incumbent: Option<usize>,
-    rng: StdRng,
-    switches: u64,
-}
+pub type RoutePlan = Plan;
 
 /// Picks models per turn and runs turns (see the module invariants).
 #[derive(Debug)]
 pub struct Router {
     candidates: Vec<Candidate>,
     runner: LegRunner,
-    policy: RouterPolicy,
-    state: Mutex<RouterState>,
+    /// The runner without same-model retries (invariant 3).
+    single_shot: LegRunner,
+    core: RouteCore,
 }
 
 /// What a turn's consumer receives, in order.
@@ -170,51 +136,99 @@ impl futures::Stream for TurnReply {
 
 impl Drop for TurnReply {
     fn drop(&mut self) {
-        if !self.task.is_finished() {
+        // A turn already cancelled keeps its reason (a barge-in stays one).
+        if !self.task.is_finished() && !self.cancel.is_cancelled() {
             self.cancel.cancel(CancelReason::Shutdown);
         }
     }
 }
 
+/// A leg that streamed its first item: the rest follows on `rx`.
+struct Leg {
+    first: LegItem,
+    rx: mpsc::Receiver<LegItem>,
+    handle: tokio::task::JoinHandle<LegOutcome>,
+}
+
+/// How a leg ended before its first item.
+#[derive(Debug)]
+enum LegEnd {
+    Failed(LlmError),
+    Cancelled(CancelReason),
+}
+
 impl Router {
-    /// A router over `candidates` (in preference order, invariant 3).
+    /// A router over `candidates` (in preference order).
     pub fn new(candidates: Vec<Candidate>, runner: LegRunner, policy: RouterPolicy) -> Self {
-        let rng = match policy.seed {
-            Some(s) => StdRng::seed_from_u64(s),
-            None => StdRng::from_entropy(),
-        };
+        let mut single_shot = runner.clone();
+        single_shot.retry.max_attempts = 1;
+        let core = RouteCore::new(
+            Stage::Llm,
+            candidates
+                .iter()
+                .map(|c| (c.key.clone(), c.local))
+                .collect(),
+            policy,
+            runner.telemetry.clone(),
+        );
         Self {
             candidates,
             runner,
-            policy,
-            state: Mutex::new(RouterState {
-                incumbent: None,
-                rng,
-                switches: 0,
-            }),
+            single_shot,
+            core,
         }
     }
 
-    /// Builds OpenAI-compatible candidates from `config.models`, keys from `env`.
+    /// Builds the candidates of `config.models` (hosted ones from their
+    /// spec, keys from `env`; `embedded` is `embedded`, which must then be
+    /// given).
+    pub fn from_config_with(
+        config: &LlmConfig,
+        embedded: Option<Candidate>,
+        sink: SpanSink,
+        telemetry: Telemetry,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut candidates = Vec::new();
+        for entry in config.llm_candidates() {
+            match entry {
+                Entry::Embedded => {
+                    match &embedded {
+                        Some(c) => candidates.push(c.clone()),
+                        None => return Err(ConfigError::Invalid {
+                            origin: "--llm".into(),
+                            message: "`embedded` is listed but no embedded model was loaded".into(),
+                            hint:
+                                "list BASE_URL::MODEL candidates, or run with the embedded models"
+                                    .into(),
+                        }),
+                    }
+                }
+                Entry::Hosted(spec) => {
+                    let var = key_env(spec.api_key_env.as_deref(), spec.default_key, env);
+                    let key = resolve_key(var.as_deref(), &spec.key(), env)?;
+                    let model = OpenAiChat::new(
+                        spec.provider_name(),
+                        &spec.base_url,
+                        spec.model.clone(),
+                        key,
+                    );
+                    candidates.push(Candidate::new(Arc::new(model), spec.price));
+                }
+            }
+        }
+        let runner = LegRunner::new(sink, telemetry, config.retry.clone(), config.leg.clone());
+        Ok(Self::new(candidates, runner, config.router.clone()))
+    }
+
+    /// [`Router::from_config_with`] without an embedded model.
     pub fn from_config(
         config: &LlmConfig,
         sink: SpanSink,
         telemetry: Telemetry,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut candidates = Vec::new();
-        for spec in &config.models {
-            let key = resolve_key(spec.api_key_env.as_deref(), &spec.key(), env)?;
-            let model = OpenAiChat::new(
-                spec.provider_name(),
-                &spec.base_url,
-                spec.model.clone(),
-                key,
-            );
-            candidates.push(Candidate::new(Arc::new(model), spec.price));
-        }
-        let runner = LegRunner::new(sink, telemetry, config.retry.clone(), config.leg.clone());
-        Ok(Self::new(candidates, runner, config.router.clone()))
+        Self::from_config_with(config, None, sink, telemetry, env)
     }
 
     pub fn candidates(&self) -> &[Candidate] {
@@ -225,112 +239,27 @@ impl Router {
         &self.runner
     }
 
+    /// The routing core (planner, in-flight counts).
+    pub fn core(&self) -> &RouteCore {
+        &self.core
+    }
+
     /// How often the first place changed (excluding exploration picks).
     pub fn switches(&self) -> u64 {
-        self.lock().switches
+        self.core.planner().switches()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, RouterState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn healthy(&self, s: &ModelSummary, cooling: bool) -> bool {
-        let failing = s.samples >= self.policy.min_samples
-            && s.success_rate
-                .is_some_and(|r| r < self.policy.min_success_rate);
-        !cooling && !failing
-    }
-
-    fn score(&self, s: &ModelSummary) -> Option<f64> {
-        let ttft = s.expected_ttft_ms? as f64;
-        let fail = 1.0 - s.success_rate.unwrap_or(1.0);
-        Some(ttft + fail * self.policy.failure_penalty_ms as f64)
-    }
-
-    /// The order for the next turn (invariants 1–3, 5).
+    /// The plan for the next turn (invariant 1).
     pub fn plan(&self) -> RoutePlan {
-        let now = self.runner.telemetry.now_ms();
-        let (summaries, cooling): (Vec<ModelSummary>, Vec<bool>) = {
-            let store = self.runner.telemetry.lock();
-            self.candidates
-                .iter()
-                .map(|c| (store.summary(&c.key, now), store.in_cooldown(&c.key, now)))
-                .unzip()
-        };
-        self.plan_from(&summaries, &cooling)
+        self.core.plan()
     }
 
-    /// [`Router::plan`] on given summaries (one per candidate, in order).
-    pub fn plan_from(&self, summaries: &[ModelSummary], cooling: &[bool]) -> RoutePlan {
-        let n = self.candidates.len();
-        let healthy: Vec<bool> = (0..n)
-            .map(|i| self.healthy(&summaries[i], cooling[i]))
-            .collect();
-        let scores: Vec<Option<f64>> = summaries.iter().map(|s| self.score(s)).collect();
-        // Known scores first, fastest first; unknown after, in config order.
-        let mut ranked: Vec<usize> = (0..n).filter(|&i| healthy[i]).collect();
-        ranked.sort_by(|&a, &b| match (scores[a], scores[b]) {
-            (Some(x), Some(y)) => x.total_cmp(&y).then(a.cmp(&b)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => a.cmp(&b),
-        });
-        let mut st = self.lock();
-        // Invariant 2: hysteresis around the incumbent.
-        if let Some(&best) = ranked.first() {
-            let keep = st
-                .incumbent
-                .filter(|&inc| healthy.get(inc) == Some(&true))
-                .filter(|&inc| {
-                    if inc == best {
-                        return true;
-                    }
-                    match (scores[inc], scores[best]) {
-                        (Some(i), Some(b)) => {
-                            let margin = (i * self.policy.hysteresis_ratio).max(0.0);
-                            !(b < i - margin && b < i - self.policy.hysteresis_ms as f64)
-                        }
-                        // An incumbent without samples yet keeps its place
-                        // until it has some.
-                        (None, _) => true,
-                        (Some(_), None) => true,
-                    }
-                });
-            let first = keep.unwrap_or(best);
-            if st.incumbent != Some(first) {
-                if st.incumbent.is_some() {
-                    st.switches += 1;
-                }
-                st.incumbent = Some(first);
-            }
-            ranked.retain(|&i| i != first);
-            ranked.insert(0, first);
-        }
-        // Exploration (invariant 5): another healthy model first, sometimes.
-        let mut explored = false;
-        if ranked.len() > 1 && self.policy.exploration_rate > 0.0 {
-            let roll: f64 = st.rng.gen();
-            if roll < self.policy.exploration_rate {
-                let pick = 1 + st.rng.gen_range(0..ranked.len() - 1);
-                let chosen = ranked.remove(pick);
-                ranked.insert(0, chosen);
-                explored = true;
-            }
-        }
-        drop(st);
-        // Invariant 1: unhealthy models last, soonest-recovering first.
-        let healthy_count = ranked.len();
-        let mut rest: Vec<usize> = (0..n).filter(|&i| !healthy[i]).collect();
-        rest.sort_by_key(|&i| summaries[i].cooldown_remaining_ms.unwrap_or(0));
-        ranked.extend(rest);
-        RoutePlan {
-            order: ranked,
-            explored,
-            healthy: healthy_count,
-        }
+    /// [`Router::plan`] on given observations (one per candidate, in order).
+    pub fn plan_from(&self, observed: &[Observed]) -> RoutePlan {
+        self.core.planner().plan(observed)
     }
 
-    /// Starts a turn: plans, then runs the leg with fallback in a task.
+    /// Starts a turn: plans, then runs the race with fallback in a task.
     /// `deadline` bounds the whole turn (retries included); cancelling
     /// `cancel` (or a parent of its token) cancels the turn with that reason.
     pub fn start_turn(
@@ -361,72 +290,181 @@ impl Router {
         }
     }
 
-    async fn run_turn(&self, input: LegInput, tx: mpsc::Sender<TurnItem>) {
-        let plan = self.plan();
+    /// Starts candidate `i`'s leg in its own task; the future resolves at
+    /// its first item or its end (invariant 2).
+    fn start_leg(
+        &self,
+        i: usize,
+        signal: CancelSignal,
+        input: &LegInput,
+        leg_id: u64,
+        runner: &LegRunner,
+    ) -> BoxFuture<'static, Result<Leg, LegEnd>> {
+        let cand = self.candidates[i].clone();
+        let guard = self.core.in_flight(i);
+        let (ltx, mut lrx) = mpsc::channel(64);
+        let leg_input = LegInput {
+            cancel: signal,
+            ..input.clone()
+        };
+        let runner = runner.clone();
+        let handle = tokio::spawn(async move {
+            let _guard = guard;
+            runner.run(&cand, &leg_input, leg_id, &ltx).await
+        });
+        async move {
+            match lrx.recv().await {
+                Some(first) => Ok(Leg {
+                    first,
+                    rx: lrx,
+                    handle,
+                }),
+                None => Err(match handle.await {
+                    Ok(LegOutcome::Failed { error, .. }) => LegEnd::Failed(error),
+                    Ok(LegOutcome::Cancelled(r)) => LegEnd::Cancelled(r),
+                    Ok(LegOutcome::Completed) => LegEnd::Failed(LlmError::new(
+                        ErrorClass::Malformed,
+                        "router",
+                        "the leg completed without any output",
+                    )),
+                    Err(e) => LegEnd::Failed(LlmError::new(
+                        ErrorClass::Other,
+                        "router",
+                        format!("the leg task ended abnormally: {e}"),
+                    )),
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    /// Forwards a winning leg to the consumer; returns how the leg ended.
+    async fn forward(leg: Leg, tx: &mpsc::Sender<TurnItem>) -> LegOutcome {
+        let Leg {
+            first,
+            mut rx,
+            handle,
+        } = leg;
+        let mut next = Some(first);
+        while let Some(item) = next {
+            let item = match item {
+                LegItem::Delta(d) => TurnItem::Delta(d),
+                LegItem::Restart { model, after } => TurnItem::Restart { model, after },
+            };
+            if tx.send(item).await.is_err() {
+                break;
+            }
+            next = rx.recv().await;
+        }
+        drop(rx);
+        handle
+            .await
+            .unwrap_or(LegOutcome::Cancelled(CancelReason::Shutdown))
+    }
+
+    async fn run_turn(self: Arc<Self>, input: LegInput, tx: mpsc::Sender<TurnItem>) {
+        let plan = self.core.plan();
         let leg_id = self.runner.next_id();
+        // Holds invariant 3.
+        let runner = if self.candidates.len() > 1 {
+            &self.single_shot
+        } else {
+            &self.runner
+        };
         let mut last_error = LlmError::new(
             ErrorClass::Other,
             "router",
-            "no LLM candidates configured (fix: add --llm BASE_URL::MODEL or [[llm.models]])",
+            "no LLM candidates configured (fix: add --llm embedded or --llm BASE_URL::MODEL)",
         );
+        let mut exclude: Vec<usize> = Vec::new();
         let mut delivered_any = false;
-        for (n, &i) in plan.order.iter().enumerate() {
-            let cand = &self.candidates[i];
-            if n > 0 && delivered_any {
-                // Holds invariant 4.
-                if input.audio_played.load(Ordering::Acquire) {
+        loop {
+            // Holds invariant 4.
+            if delivered_any && input.audio_played.load(Ordering::Acquire) {
+                break;
+            }
+            let spec = self.core.race_spec(exclude.clone());
+            let end = race(
+                &plan,
+                &spec,
+                &input.cancel,
+                |i, signal| self.start_leg(i, signal, &input, leg_id, runner),
+                // Shadowed legs record their own latency (leg invariant 5).
+                || Box::new(|_: usize, _: std::time::Duration, _: bool| {}),
+            )
+            .await;
+            match end {
+                RaceEnd::Won {
+                    index,
+                    value,
+                    hedged,
+                    losses,
+                    ..
+                } => {
+                    for loss in &losses {
+                        if let Loss::Failed { index, .. } = loss {
+                            exclude.push(*index);
+                        }
+                    }
+                    exclude.push(index);
+                    let key = self.candidates[index].key.clone();
+                    if hedged {
+                        tracing::info!(model = %key, epoch = input.epoch, "llm hedge won");
+                    }
+                    if delivered_any {
+                        let restart = TurnItem::Restart {
+                            model: key.clone(),
+                            after: last_error.class,
+                        };
+                        if tx.send(restart).await.is_err() {
+                            return;
+                        }
+                    }
+                    match Self::forward(value, &tx).await {
+                        LegOutcome::Completed => {
+                            let _ = tx.send(TurnItem::Done { model: key }).await;
+                            return;
+                        }
+                        LegOutcome::Cancelled(reason) => {
+                            let _ = tx.send(TurnItem::Cancelled(reason)).await;
+                            return;
+                        }
+                        LegOutcome::Failed { error, delivered } => {
+                            delivered_any |= delivered;
+                            tracing::info!(model = %key, class = ?error.class, "llm leg failed after its first token");
+                            last_error = error;
+                            if input.cancel.is_cancelled() {
+                                let _ = tx.send(TurnItem::Cancelled(input.cancel.reason())).await;
+                                return;
+                            }
+                            if Instant::now() >= input.deadline {
+                                break;
+                            }
+                        }
+                    }
+                }
+                RaceEnd::Failed { losses } => {
+                    for loss in losses {
+                        match loss {
+                            Loss::Failed {
+                                error: LegEnd::Failed(e),
+                                ..
+                            } => last_error = e,
+                            Loss::Failed {
+                                error: LegEnd::Cancelled(reason),
+                                ..
+                            } => {
+                                let _ = tx.send(TurnItem::Cancelled(reason)).await;
+                                return;
+                            }
+                            Loss::Lost { .. } => {}
+                        }
+                    }
                     break;
                 }
-                let restart = TurnItem::Restart {
-                    model: cand.key.clone(),
-                    after: last_error.class,
-                };
-                if tx.send(restart).await.is_err() {
-                    return;
-                }
-            }
-            let (ltx, mut lrx) = mpsc::channel(64);
-            let forward = async {
-                while let Some(item) = lrx.recv().await {
-                    let item = match item {
-                        LegItem::Delta(d) => TurnItem::Delta(d),
-                        LegItem::Restart { model, after } => TurnItem::Restart { model, after },
-                    };
-                    if tx.send(item).await.is_err() {
-                        break;
-                    }
-                }
-            };
-            let run = async {
-                let outcome = self.runner.run(cand, &input, leg_id, &ltx).await;
-                drop(ltx);
-                outcome
-            };
-            let (outcome, ()) = tokio::join!(run, forward);
-            match outcome {
-                LegOutcome::Completed => {
-                    let _ = tx
-                        .send(TurnItem::Done {
-                            model: cand.key.clone(),
-                        })
-                        .await;
-                    return;
-                }
-                LegOutcome::Cancelled(reason) => {
+                RaceEnd::Cancelled { reason, .. } => {
                     let _ = tx.send(TurnItem::Cancelled(reason)).await;
                     return;
-                }
-                LegOutcome::Failed { error, delivered } => {
-                    delivered_any |= delivered;
-                    tracing::info!(model = %cand.key, class = ?error.class, "llm leg failed; trying the next model");
-                    last_error = error;
-                    if input.cancel.is_cancelled() {
-                        let _ = tx.send(TurnItem::Cancelled(input.cancel.reason())).await;
-                        return;
-                    }
-                    if Instant::now() >= input.deadline {
-                        break;
-                    }
                 }
             }
         }

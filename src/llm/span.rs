@@ -275,6 +275,11 @@ impl LegSpan {
         self.last_token
     }
 
+    /// Time to the first token, once it arrived.
+    pub fn ttft(&self) -> Option<Duration> {
+        self.first_token.map(|t| t - self.start)
+    }
+
     /// Whether a token has arrived.
     pub fn has_token(&self) -> bool {
         self.first_token.is_some()

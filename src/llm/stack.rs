@@ -11,7 +11,7 @@
 //!    invariant 1); a key variable that is named but unset fails the build
 //!    with a hint, before any request.
 
-use crate::llm::config::{resolve_key, ConfigError, LlmConfig, ServiceSpec};
+use crate::llm::config::{key_env, resolve_key, ConfigError, LlmConfig, ServiceSpec};
 use crate::llm::router::Router;
 use crate::llm::span::SpanSink;
 use crate::llm::telemetry::{StoreError, Telemetry};
@@ -46,11 +46,8 @@ pub fn build_stt(
     spec: &ServiceSpec,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<OpenAiStt, ConfigError> {
-    let key = resolve_key(
-        spec.api_key_env.as_deref(),
-        &format!("stt {}", spec.model),
-        env,
-    )?;
+    let var = key_env(spec.api_key_env.as_deref(), spec.default_key, env);
+    let key = resolve_key(var.as_deref(), &format!("stt {}", spec.model), env)?;
     Ok(OpenAiStt::new(&spec.base_url, spec.model.clone(), key))
 }
 
@@ -59,11 +56,8 @@ pub fn build_tts(
     spec: &ServiceSpec,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<OpenAiTts, ConfigError> {
-    let key = resolve_key(
-        spec.api_key_env.as_deref(),
-        &format!("tts {}", spec.model),
-        env,
-    )?;
+    let var = key_env(spec.api_key_env.as_deref(), spec.default_key, env);
+    let key = resolve_key(var.as_deref(), &format!("tts {}", spec.model), env)?;
     let voice = spec
         .voice
         .clone()
@@ -124,8 +118,8 @@ mod tests {
         config
             .apply_cli(
                 &["http://127.0.0.1:9/v1::m".into()],
-                Some("http://127.0.0.1:9/v1::w"),
-                None,
+                &["http://127.0.0.1:9/v1::w".into()],
+                &[],
                 &|_| None,
             )
             .expect("cli");
@@ -142,10 +136,15 @@ mod tests {
             Some(90)
         );
         assert_eq!(again.router.candidates().len(), 1);
-        let stt = build_stt(config.stt.as_ref().expect("stt"), &|_| None).expect("stt");
+        let crate::llm::config::Entry::Hosted(spec) = &config.stt[0] else {
+            panic!("hosted stt");
+        };
+        let stt = build_stt(spec, &|_| None).expect("stt");
         assert_eq!(crate::stt::SpeechToText::name(&stt), "openai:w");
 
-        config.models[0].api_key_env = Some("COLLOQUY_TEST_UNSET_KEY".into());
+        if let crate::llm::config::Entry::Hosted(m) = &mut config.models[0] {
+            m.api_key_env = Some("COLLOQUY_TEST_UNSET_KEY".into());
+        }
         let err = LlmStack::start(&config, None, &|_| None).expect_err("missing key");
         assert!(err.to_string().contains("COLLOQUY_TEST_UNSET_KEY"), "{err}");
     }

@@ -1,7 +1,9 @@
-//! The telemetry store: per model, a rolling window of request outcomes
-//! (success rate, TTFT p50/p95, tokens/s, last error) and rate-limit
-//! cooldowns. Saved as JSON on shutdown, loaded at start, printed by
-//! `colloquy status`.
+//! The telemetry store: per candidate of every stage (LLM keys
+//! `provider/model`, STT and TTS keys `stt:…`/`tts:…`), a rolling window of
+//! outcomes (success rate, first-result latency p50/p90/p95, service time,
+//! tokens/s, last error), cooldowns, and failure streaks. Saved as JSON
+//! periodically and on shutdown, loaded at start, merged across instances
+//! as snapshots, printed by `colloquy status`.
 //!
 //! # Invariants
 //! 1. A model's window never holds more than `max_samples` outcomes nor any
@@ -14,6 +16,15 @@
 //!    after a restart and tests can move time with `tokio::time::advance`.
 //! 4. Saving writes a temporary file and renames it, so a crash never leaves
 //!    a half-written store.
+//! 5. Every failure starts a cooldown: a rate limit for its `Retry-After`
+//!    (or `default_cooldown_ms`), any other failure for `error_cooldown_ms`
+//!    doubled per consecutive failure up to `max_cooldown_ms`. A success
+//!    ends the failure streak.
+//! 6. A hedge loser's sample never counts as served; when it was cancelled
+//!    before its first result its latency is *censored* (a lower bound).
+//! 7. Merging a snapshot keeps the newest samples of both sides (bounded as
+//!    in invariant 1), never shortens a cooldown, and keeps a sample present
+//!    on both sides once; merging the same snapshot twice changes nothing.
 
 use crate::llm::{ErrorClass, LlmError};
 use serde::{Deserialize, Serialize};
@@ -32,6 +43,10 @@ pub struct WindowConfig {
     pub default_cooldown_ms: u64,
     /// Successful TTFTs the router's expected TTFT is the median of.
     pub recent_for_expected: usize,
+    /// First cooldown after a failure other than a rate limit (invariant 5).
+    pub error_cooldown_ms: u64,
+    /// Longest cooldown a failure streak reaches.
+    pub max_cooldown_ms: u64,
 }
 
 impl Default for WindowConfig {
@@ -41,6 +56,8 @@ impl Default for WindowConfig {
             max_age_ms: 30 * 60 * 1000,
             default_cooldown_ms: 60_000,
             recent_for_expected: 5,
+            error_cooldown_ms: 5_000,
+            max_cooldown_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -93,6 +110,23 @@ pub struct Sample {
     pub tokens_per_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<ErrorClass>,
+    /// Start to end of the whole request (the reply streamed out), for a
+    /// local model's load estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+    /// Lost a hedge: it did not serve its turn (invariant 6).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
+    /// `ttft_ms` is a lower bound: cancelled before its first result.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub censored: bool,
+}
+
+impl Sample {
+    /// This request served its turn (a success that was not a hedge loser).
+    pub fn served(&self) -> bool {
+        self.ok && !self.lost
+    }
 }
 
 /// The last error of a model.
@@ -110,6 +144,9 @@ pub struct ModelRecord {
     pub samples: VecDeque<Sample>,
     pub last_error: Option<LastError>,
     pub cooldown_until_ms: Option<u64>,
+    /// Failures since the last success (invariant 5).
+    #[serde(default)]
+    pub consecutive_failures: u32,
 }
 
 /// A model's numbers at one moment.
@@ -119,9 +156,15 @@ pub struct ModelSummary {
     pub samples: usize,
     pub success_rate: Option<f64>,
     pub ttft_p50_ms: Option<u64>,
+    pub ttft_p90_ms: Option<u64>,
     pub ttft_p95_ms: Option<u64>,
     /// Median of the most recent successful TTFTs (what the router uses).
     pub expected_ttft_ms: Option<u64>,
+    /// Median whole-request time of recent served requests.
+    pub service_ms: Option<u64>,
+    /// Requests that served their turn (not failed, not hedge losers).
+    pub served: usize,
+    pub consecutive_failures: u32,
     pub tokens_per_s: Option<f64>,
     pub cooldown_remaining_ms: Option<u64>,
     pub last_error: Option<LastError>,
@@ -169,7 +212,7 @@ impl TelemetryStore {
         }
     }
 
-    fn prune(window: &WindowConfig, rec: &mut ModelRecord, now_ms: u64) {
+    pub(crate) fn prune(window: &WindowConfig, rec: &mut ModelRecord, now_ms: u64) {
         // Holds invariant 1.
         while rec.samples.len() > window.max_samples {
             rec.samples.pop_front();
@@ -199,41 +242,99 @@ impl TelemetryStore {
         tokens_per_s: Option<f64>,
         now_ms: u64,
     ) {
+        self.record_served(model, ttft, None, tokens_per_s, now_ms);
+    }
+
+    /// Records a request that served its turn: first-result latency and
+    /// whole-request time (ends a failure streak, invariant 5).
+    pub fn record_served(
+        &mut self,
+        model: &str,
+        first: Option<Duration>,
+        total: Option<Duration>,
+        tokens_per_s: Option<f64>,
+        now_ms: u64,
+    ) {
         let sample = Sample {
             at_ms: now_ms,
             ok: true,
-            ttft_ms: ttft.map(|d| d.as_millis() as u64),
+            ttft_ms: first.map(|d| d.as_millis() as u64),
             tokens_per_s,
             class: None,
+            total_ms: total.map(|d| d.as_millis() as u64),
+            lost: false,
+            censored: false,
         };
-        self.record(model, sample, now_ms);
+        let rec = self.record(model, sample, now_ms);
+        rec.consecutive_failures = 0;
+        rec.cooldown_until_ms = None;
+    }
+
+    /// Records a hedge loser (invariant 6): its first result came after
+    /// `latency`, or (`censored`) it had none when it was cancelled then.
+    pub fn record_lost(&mut self, model: &str, latency: Duration, censored: bool, now_ms: u64) {
+        let sample = Sample {
+            at_ms: now_ms,
+            ok: true,
+            ttft_ms: Some(latency.as_millis() as u64),
+            tokens_per_s: None,
+            class: None,
+            total_ms: None,
+            lost: true,
+            censored,
+        };
+        let rec = self.record(model, sample, now_ms);
+        if !censored {
+            // It answered: a probe that succeeded (invariant 5).
+            rec.consecutive_failures = 0;
+        }
     }
 
     /// Records a failed request; a rate limit starts a cooldown (invariant 2).
     pub fn record_failure(&mut self, model: &str, error: &LlmError, now_ms: u64) {
         let default_cooldown = self.window.default_cooldown_ms;
+        let (error_cooldown, max_cooldown) =
+            (self.window.error_cooldown_ms, self.window.max_cooldown_ms);
         let sample = Sample {
             at_ms: now_ms,
             ok: false,
             ttft_ms: None,
             tokens_per_s: None,
             class: Some(error.class),
+            total_ms: None,
+            lost: false,
+            censored: false,
         };
         let rec = self.record(model, sample, now_ms);
+        rec.consecutive_failures = rec.consecutive_failures.saturating_add(1);
         rec.last_error = Some(LastError {
             at_ms: now_ms,
             class: error.class,
             status: error.status,
             message: error.message.clone(),
         });
-        if error.class == ErrorClass::RateLimited {
-            let ttl = error
+        // Holds invariant 5.
+        let ttl = if error.class == ErrorClass::RateLimited {
+            error
                 .retry_after
                 .map(|d| d.as_millis() as u64)
-                .unwrap_or(default_cooldown);
-            let until = now_ms + ttl;
-            rec.cooldown_until_ms = Some(rec.cooldown_until_ms.map_or(until, |t| t.max(until)));
-        }
+                .unwrap_or(default_cooldown)
+        } else {
+            let doublings = rec.consecutive_failures.saturating_sub(1).min(20);
+            error_cooldown
+                .saturating_mul(1u64 << doublings)
+                .min(max_cooldown)
+        };
+        let until = now_ms + ttl;
+        rec.cooldown_until_ms = Some(rec.cooldown_until_ms.map_or(until, |t| t.max(until)));
+    }
+
+    /// The model's failure streak has outlived its cooldown: its next
+    /// request is a probe.
+    pub fn recovering(&self, model: &str, now_ms: u64) -> bool {
+        self.models.get(model).is_some_and(|r| {
+            r.consecutive_failures > 0 && r.cooldown_until_ms.is_none_or(|t| t <= now_ms)
+        })
     }
 
     /// Whether the model is in a rate-limit cooldown now.
@@ -262,14 +363,26 @@ impl TelemetryStore {
             r
         };
         ttfts.sort_unstable();
+        let mut totals: Vec<u64> = rec
+            .samples
+            .iter()
+            .rev()
+            .filter_map(|s| s.total_ms)
+            .take(self.window.recent_for_expected.max(1))
+            .collect();
+        totals.sort_unstable();
         let tps: Vec<f64> = rec.samples.iter().filter_map(|s| s.tokens_per_s).collect();
         ModelSummary {
             model: model.to_string(),
             samples: n,
             success_rate: (n > 0).then(|| ok as f64 / n as f64),
             ttft_p50_ms: percentile(&ttfts, 0.5),
+            ttft_p90_ms: percentile(&ttfts, 0.9),
             ttft_p95_ms: percentile(&ttfts, 0.95),
             expected_ttft_ms: percentile(&recent, 0.5),
+            service_ms: percentile(&totals, 0.5),
+            served: rec.samples.iter().filter(|s| s.served()).count(),
+            consecutive_failures: rec.consecutive_failures,
             tokens_per_s: (!tps.is_empty()).then(|| tps.iter().sum::<f64>() / tps.len() as f64),
             cooldown_remaining_ms: rec
                 .cooldown_until_ms
@@ -285,88 +398,6 @@ impl TelemetryStore {
             .keys()
             .map(|m| self.summary(m, now_ms))
             .collect()
-    }
-
-    /// The store as JSON text.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into())
-    }
-
-    /// Reads a store; a missing file is an empty store.
-    pub fn load(path: &Path, window: WindowConfig) -> Result<Self, StoreError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::new(window)),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: path.into(),
-                    source,
-                })
-            }
-        };
-        let mut store: Self = serde_json::from_str(&text).map_err(|source| StoreError::Parse {
-            path: path.into(),
-            source,
-        })?;
-        store.window = window;
-        Ok(store)
-    }
-
-    /// Writes the store (holds invariant 4).
-    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
-        let io = |source| StoreError::Io {
-            path: path.into(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, self.to_json()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
-    }
-
-    /// The store as a text table for `colloquy status`.
-    pub fn render_table(&self, now_ms: u64) -> String {
-        let rows = self.summaries(now_ms);
-        if rows.is_empty() {
-            return "no LLM requests recorded yet\n".into();
-        }
-        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-        let width = rows.iter().map(|r| r.model.len()).max().unwrap_or(5).max(5);
-        let mut out = format!(
-            "{:<width$}  {:>4}  {:>5}  {:>8}  {:>8}  {:>6}  {:>9}  LAST ERROR\n",
-            "MODEL", "N", "OK%", "TTFT p50", "TTFT p95", "TOK/S", "COOLDOWN"
-        );
-        for r in rows {
-            let ok = r
-                .success_rate
-                .map_or("-".into(), |s| format!("{:.0}", s * 100.0));
-            let tps = r.tokens_per_s.map_or("-".into(), |t| format!("{t:.1}"));
-            let cool = r
-                .cooldown_remaining_ms
-                .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
-            let err = r.last_error.map_or("-".into(), |e| {
-                let status = e.status.map(|s| format!(" {s}")).unwrap_or_default();
-                let class = serde_json::to_value(e.class)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                format!("{class}{status}")
-            });
-            out.push_str(&format!(
-                "{:<width$}  {:>4}  {:>5}  {:>8}  {:>8}  {:>6}  {:>9}  {}\n",
-                r.model,
-                r.samples,
-                ok,
-                opt(r.ttft_p50_ms),
-                opt(r.ttft_p95_ms),
-                tps,
-                cool,
-                err
-            ));
-        }
-        out
     }
 }
 
@@ -425,6 +456,36 @@ impl Telemetry {
         self.lock().record_failure(model, error, now);
     }
 
+    /// See [`TelemetryStore::record_served`].
+    pub fn record_served(
+        &self,
+        model: &str,
+        first: Option<Duration>,
+        total: Option<Duration>,
+        tokens_per_s: Option<f64>,
+    ) {
+        let now = self.now_ms();
+        self.lock()
+            .record_served(model, first, total, tokens_per_s, now);
+    }
+
+    /// See [`TelemetryStore::record_lost`].
+    pub fn record_lost(&self, model: &str, latency: Duration, censored: bool) {
+        let now = self.now_ms();
+        self.lock().record_lost(model, latency, censored, now);
+    }
+
+    /// See [`TelemetryStore::to_snapshot`].
+    pub fn to_snapshot(&self) -> String {
+        self.lock().to_snapshot()
+    }
+
+    /// See [`TelemetryStore::merge_snapshot`].
+    pub fn merge_snapshot(&self, json: &str) -> Result<usize, serde_json::Error> {
+        let now = self.now_ms();
+        self.lock().merge_snapshot(json, now)
+    }
+
     pub fn summary(&self, model: &str) -> ModelSummary {
         let now = self.now_ms();
         self.lock().summary(model, now)
@@ -449,92 +510,16 @@ pub fn default_store_path() -> Option<PathBuf> {
         .map(|d| d.join("colloquy").join("llm-telemetry.json"))
 }
 
-/// `colloquy status`: the store at `path` as a table.
+/// `colloquy status`: the store at `path` as a table, by stage (see
+/// [`crate::route::status`]).
 pub fn status_table(path: &Path) -> Result<String, StoreError> {
     let store = TelemetryStore::load(path, WindowConfig::default())?;
-    Ok(store.render_table(StoreClock::new().now_ms()))
+    Ok(crate::route::status::render(
+        &store,
+        StoreClock::new().now_ms(),
+    ))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn window() -> WindowConfig {
-        WindowConfig {
-            max_samples: 4,
-            max_age_ms: 10_000,
-            default_cooldown_ms: 5_000,
-            recent_for_expected: 3,
-        }
-    }
-
-    #[test]
-    fn the_window_is_bounded_in_count_and_time() {
-        let mut s = TelemetryStore::new(window());
-        for i in 0..6 {
-            s.record_success("m", Some(Duration::from_millis(100 + i)), None, 1_000 + i);
-        }
-        assert_eq!(s.summary("m", 1_010).samples, 4);
-        assert_eq!(s.summary("m", 1_010).ttft_p50_ms, Some(103));
-        assert_eq!(s.summary("m", 20_000).samples, 0, "all older than max_age");
-    }
-
-    #[test]
-    fn percentiles_success_rate_and_expected_ttft() {
-        let mut s = TelemetryStore::new(WindowConfig {
-            max_samples: 100,
-            ..window()
-        });
-        for t in [100, 200, 300, 400, 1000] {
-            s.record_success("m", Some(Duration::from_millis(t)), Some(20.0), 0);
-        }
-        s.record_failure("m", &LlmError::new(ErrorClass::Server, "p", "boom"), 0);
-        let sum = s.summary("m", 0);
-        assert_eq!(sum.ttft_p50_ms, Some(300));
-        assert_eq!(sum.ttft_p95_ms, Some(1000));
-        assert_eq!(sum.expected_ttft_ms, Some(400), "median of 300, 400, 1000");
-        assert_eq!(sum.success_rate, Some(5.0 / 6.0));
-        assert_eq!(sum.last_error.map(|e| e.class), Some(ErrorClass::Server));
-    }
-
-    #[test]
-    fn a_rate_limit_cools_down_for_retry_after_or_the_default() {
-        let mut s = TelemetryStore::new(window());
-        let mut e = LlmError::new(ErrorClass::RateLimited, "p", "slow down");
-        e.retry_after = Some(Duration::from_millis(2_000));
-        s.record_failure("a", &e, 1_000);
-        assert!(s.in_cooldown("a", 2_999));
-        assert!(!s.in_cooldown("a", 3_000));
-        e.retry_after = None;
-        s.record_failure("b", &e, 1_000);
-        assert!(s.in_cooldown("b", 5_999));
-        assert!(!s.in_cooldown("b", 6_000));
-    }
-
-    #[test]
-    fn the_store_round_trips_through_a_file_and_renders_a_table() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("sub").join("store.json");
-        let mut s = TelemetryStore::new(window());
-        s.record_success("p/fast", Some(Duration::from_millis(120)), Some(40.0), 500);
-        let mut e = LlmError::new(ErrorClass::RateLimited, "p", "quota");
-        e.status = Some(429);
-        s.record_failure("p/slow", &e, 600);
-        s.save(&path).expect("save");
-        let back = TelemetryStore::load(&path, window()).expect("load");
-        assert_eq!(back, s);
-        let table = back.render_table(700);
-        assert!(table.contains("p/fast"), "{table}");
-        assert!(table.contains("rate_limited 429"), "{table}");
-        let status = status_table(&path).expect("status");
-        assert!(status.starts_with("MODEL"), "{status}");
-        assert!(status_table(&dir.path().join("none.json"))
-            .expect("empty")
-            .contains("no LLM requests"));
-        let missing = TelemetryStore::load(&dir.path().join("none.json"), window()).expect("empty");
-        assert!(missing.models.is_empty());
-        std::fs::write(&path, "{not json").expect("write");
-        let err = TelemetryStore::load(&path, window()).expect_err("corrupt");
-        assert!(err.to_string().contains("fix:"), "{err}");
-    }
-}
+#[path = "telemetry_tests.rs"]
+mod tests;

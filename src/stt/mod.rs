@@ -7,6 +7,8 @@
 //!    detector's utterances), so silence and noise are never transcribed.
 //! 3. A cancelled transcription returns [`SttError::Cancelled`] and leaves the
 //!    backend usable.
+//! 4. A hosted service's failure is [`SttError::Hosted`], carrying the
+//!    classified error (status, retry-after) the router cools down on.
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +18,7 @@ pub mod normalize;
 pub mod whisper;
 
 pub mod openai;
+pub mod routed;
 
 /// The text of one utterance.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,9 +51,38 @@ pub enum SttError {
     /// The backend failed this time (service error, engine error); a retry may help.
     #[error("speech-to-text backend {backend}: {message}")]
     Backend { backend: String, message: String },
+    /// A hosted service failed (invariant 4); a retry or another model may help.
+    #[error("speech-to-text service {backend}: {error}")]
+    Hosted {
+        backend: String,
+        error: crate::llm::LlmError,
+    },
     /// The transcription was cancelled.
     #[error("speech-to-text cancelled")]
     Cancelled,
+}
+
+impl crate::route::stage::StageError for SttError {
+    fn cancelled() -> Self {
+        SttError::Cancelled
+    }
+
+    fn is_cancelled(&self) -> bool {
+        matches!(self, SttError::Cancelled)
+    }
+
+    fn is_input(&self) -> bool {
+        matches!(self, SttError::Input(_))
+    }
+
+    fn to_llm_error(&self, key: &str) -> crate::llm::LlmError {
+        use crate::llm::{ErrorClass, LlmError};
+        match self {
+            SttError::Hosted { error, .. } => error.clone(),
+            SttError::Model { .. } => LlmError::new(ErrorClass::Client, key, self.to_string()),
+            _ => LlmError::new(ErrorClass::Server, key, self.to_string()),
+        }
+    }
 }
 
 /// A speech recogniser.
@@ -65,4 +97,15 @@ pub trait SpeechToText: Send + Sync {
         audio: &[i16],
         cancel: &CancellationToken,
     ) -> Result<Transcript, SttError>;
+
+    /// Transcribes and says which model did (a router answers with the
+    /// candidate that won; a single backend with its own name).
+    async fn transcribe_served(
+        &self,
+        audio: &[i16],
+        cancel: &CancellationToken,
+    ) -> Result<(Transcript, String), SttError> {
+        let t = self.transcribe(audio, cancel).await?;
+        Ok((t, self.name().to_string()))
+    }
 }

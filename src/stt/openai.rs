@@ -7,7 +7,8 @@
 //! 2. A cancel drops the request future at once, which closes the HTTP
 //!    connection, and returns [`SttError::Cancelled`] (STT invariant 3).
 //! 3. The client never retries on its own and error messages are redacted of
-//!    the API key (see `llm::openai`).
+//!    the API key (see `llm::openai`); a failure is [`SttError::Hosted`]
+//!    with its class, status and retry-after.
 
 use crate::frame::SAMPLE_RATE;
 use crate::llm::config::ApiKey;
@@ -125,18 +126,10 @@ impl SpeechToText for OpenAiStt {
             Ok(r) => Ok(Transcript {
                 text: r.text.trim().to_string(),
             }),
-            Err(e) => {
-                let e = classify(e, &self.name, self.key.as_ref());
-                Err(SttError::Backend {
-                    backend: self.name.clone(),
-                    message: format!(
-                        "{:?} {}{}",
-                        e.class,
-                        e.status.map(|s| format!("(HTTP {s}) ")).unwrap_or_default(),
-                        e.message
-                    ),
-                })
-            }
+            Err(e) => Err(SttError::Hosted {
+                backend: self.name.clone(),
+                error: classify(e, &self.name, self.key.as_ref()),
+            }),
         }
     }
 }

@@ -5,6 +5,8 @@
 //!    caller resamples to the pipeline rate (16 kHz) off the real-time path.
 //! 2. A cancelled synthesis returns [`TtsError::Cancelled`] promptly and
 //!    leaves the backend usable.
+//! 3. A hosted service's failure is [`TtsError::Hosted`], carrying the
+//!    classified error (status, retry-after) the router cools down on.
 
 pub mod chunker;
 pub mod espeak;
@@ -20,6 +22,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub mod openai;
+pub mod routed;
 
 /// Synthesised speech.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,9 +45,38 @@ pub enum TtsError {
     /// The backend failed this time; a retry may help.
     #[error("text-to-speech backend {backend}: {message}")]
     Backend { backend: String, message: String },
+    /// A hosted service failed (invariant 3); a retry or another voice may help.
+    #[error("text-to-speech service {backend}: {error}")]
+    Hosted {
+        backend: String,
+        error: crate::llm::LlmError,
+    },
     /// Synthesis was cancelled.
     #[error("text-to-speech cancelled")]
     Cancelled,
+}
+
+impl crate::route::stage::StageError for TtsError {
+    fn cancelled() -> Self {
+        TtsError::Cancelled
+    }
+
+    fn is_cancelled(&self) -> bool {
+        matches!(self, TtsError::Cancelled)
+    }
+
+    fn is_input(&self) -> bool {
+        false
+    }
+
+    fn to_llm_error(&self, key: &str) -> crate::llm::LlmError {
+        use crate::llm::{ErrorClass, LlmError};
+        match self {
+            TtsError::Hosted { error, .. } => error.clone(),
+            TtsError::Model { .. } => LlmError::new(ErrorClass::Client, key, self.to_string()),
+            _ => LlmError::new(ErrorClass::Server, key, self.to_string()),
+        }
+    }
 }
 
 /// A speech synthesiser.
@@ -55,4 +87,15 @@ pub trait TextToSpeech: Send + Sync {
 
     /// Speaks `text` (one sentence or clause) (holds invariant 1).
     async fn synthesize(&self, text: &str, cancel: &CancellationToken) -> Result<Speech, TtsError>;
+
+    /// Synthesises and says which voice did (a router answers with the
+    /// candidate that won; a single backend with its own name).
+    async fn synthesize_served(
+        &self,
+        text: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(Speech, String), TtsError> {
+        let s = self.synthesize(text, cancel).await?;
+        Ok((s, self.name().to_string()))
+    }
 }

@@ -8,7 +8,8 @@
 //! 2. A cancel drops the request at once (closing the connection) and
 //!    returns [`TtsError::Cancelled`].
 //! 3. The client never retries on its own and error messages are redacted of
-//!    the API key (see `llm::openai`).
+//!    the API key (see `llm::openai`); a failure is [`TtsError::Hosted`]
+//!    with its class, status and retry-after.
 
 use crate::llm::config::ApiKey;
 use crate::llm::openai::{build_client, classify, SPEECH_REQUEST_TIMEOUT};
@@ -124,15 +125,10 @@ impl TextToSpeech for OpenAiTts {
         };
         match response {
             Ok(r) => decode_audio(&r.bytes).map_err(backend),
-            Err(e) => {
-                let e = classify(e, &self.name, self.key.as_ref());
-                Err(backend(format!(
-                    "{:?} {}{}",
-                    e.class,
-                    e.status.map(|s| format!("(HTTP {s}) ")).unwrap_or_default(),
-                    e.message
-                )))
-            }
+            Err(e) => Err(TtsError::Hosted {
+                backend: self.name.clone(),
+                error: classify(e, &self.name, self.key.as_ref()),
+            }),
         }
     }
 }
