@@ -8,6 +8,8 @@
 //! - [`pipeline`]: generic frame stages on SPSC frame rings (cost measurement).
 //! - [`session`]: one conversation's data plane feeding the coordinator.
 //! - [`turn`]: the turn coordinator (epochs, staging, commit, barge-in) and playout.
+//! - [`eot`]: the end-of-turn judge (words + the Smart Turn audio model) that
+//!   holds a speculative turn past the endpoint or releases it sooner.
 //! - [`agent`]: what answers a turn (parrot, voice = STT → LLM → TTS).
 //! - [`stt`], [`llm`], [`tts`]: the three model stages, each a trait with one
 //!   backend per file.
@@ -20,6 +22,7 @@
 
 pub mod agent;
 pub mod audio;
+pub mod eot;
 pub mod flows;
 pub mod frame;
 pub mod journal;

@@ -15,6 +15,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod eot_args;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "colloquy",
@@ -85,6 +87,8 @@ struct PipelineArgs {
     /// built-in open chat, flows/assistant.toml.
     #[arg(long, value_name = "FILE")]
     flow: Option<PathBuf>,
+    #[command(flatten)]
+    turn: eot_args::TurnArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,7 +247,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_sessions = args.max_sessions;
     config.idle_timeout = Duration::from_secs(args.idle_secs);
     config.dump_dir = args.dump_dir;
-    config.session = session_config(&args.pipeline);
+    config.session = session_config(&args.pipeline)?;
     config.journal = args.journal.path();
     let resume = match (&args.journal.session, &config.journal) {
         (Some(id), Some(path)) => {
@@ -284,9 +288,11 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {e:#}");
-            let bad_input = e
-                .chain()
-                .any(|c| c.is::<colloquy::transport::file::ReplayError>() || c.is::<FlowError>());
+            let bad_input = e.chain().any(|c| {
+                c.is::<colloquy::transport::file::ReplayError>()
+                    || c.is::<FlowError>()
+                    || c.is::<eot_args::TurnConfigError>()
+            });
             if bad_input {
                 ExitCode::from(2)
             } else {
@@ -371,9 +377,11 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
                         tts: args.tts.clone(),
                         tts_engine: args.voice,
                         config_toml: match &args.config {
-                            Some(p) => Some(std::fs::read_to_string(p).with_context(|| {
-                                format!("reading the config file {}", p.display())
-                            })?),
+                            Some(p) => Some(eot_args::without_turn_table(
+                                &std::fs::read_to_string(p).with_context(|| {
+                                    format!("reading the config file {}", p.display())
+                                })?,
+                            )),
                             None => None,
                         },
                         llm_threads: args.llm_threads,
@@ -400,9 +408,10 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
     })
 }
 
-fn session_config(args: &PipelineArgs) -> SessionConfig {
+fn session_config(args: &PipelineArgs) -> anyhow::Result<SessionConfig> {
     let mut config = SessionConfig {
         vad: args.vad,
+        eot: args.turn.config(args.config.as_deref())?,
         ..SessionConfig::default()
     };
     if let Some(ms) = args.endpoint_ms {
@@ -412,7 +421,7 @@ fn session_config(args: &PipelineArgs) -> SessionConfig {
         config.coordinator.interrupt_min_ms = ms;
     }
     config.coordinator.speculative = !args.no_speculate;
-    config
+    Ok(config)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -438,7 +447,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 journal: journal.path(),
                 resume: journal.session.clone(),
             };
-            let report = replay(&opts, agent, session_config(&pipeline))
+            let report = replay(&opts, agent, session_config(&pipeline)?)
                 .with_context(|| format!("replaying {}", input.display()))?;
             let turns = report.committed.len();
             let interruptions = report
@@ -628,7 +637,7 @@ mod local {
             journal: journal.path(),
             resume: journal.session.clone(),
         };
-        let report = transport::run(&opts, agent, session_config(pipeline), stop)?;
+        let report = transport::run(&opts, agent, session_config(pipeline)?, stop)?;
         let c = &report.counters;
         println!(
             "stopped after {:.1} s: {} turn(s) committed; overruns {}, underruns {}, xruns {}, echo frames gated {}",
