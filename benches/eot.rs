@@ -12,9 +12,9 @@
 //! - median silence from the end of a whole utterance to the parrot's first
 //!   audio; voice-to-voice p50/p95 on the embedded stack (whole utterances).
 //!
-//! `cargo bench --bench eot` (parrot and the embedded stack; needs
-//! `colloquy models fetch`), `cargo bench --bench eot -- --parrot` (parrot
-//! only). `EOT_VERBOSE=1` prints each utterance's verdicts. Under
+//! `cargo bench --bench eot` (parrot and the embedded stack with espeak-ng
+//! speech; needs `colloquy models fetch`), `-- --parrot` (parrot only),
+//! `-- --voice-only` (the embedded stack only). `EOT_VERBOSE=1` prints each utterance's verdicts. Under
 //! `cargo test --all-targets` it only checks that it starts.
 
 use colloquy::agent::parrot::ParrotAgent;
@@ -271,7 +271,8 @@ fn main() {
     let header = "| agent | end of turn | cut-offs at mid-sentence pauses | false holds (whole held as incomplete) | whole split in two | ended before the endpoint | first audio after end of speech p50 / p95 | answered |\n|---|---|---|---|---|---|---|---|";
     let mut rows = Vec::new();
     let parrot: Arc<dyn Agent> = Arc::new(ParrotAgent);
-    for v in VARIANTS {
+    let voice_only = std::env::args().any(|a| a == "--voice-only");
+    for v in VARIANTS.into_iter().filter(|_| !voice_only) {
         let t = evaluate(parrot.clone(), v, &set, verbose);
         rows.push(row("parrot", v, &t));
         println!("{}", rows.last().expect("row"));
@@ -289,6 +290,9 @@ fn main() {
                 &StackOptions {
                     llm_threads: 1,
                     stt_threads: 2,
+                    // espeak-ng: instant speech, so the set runs in minutes;
+                    // the end of turn is the same with Piper.
+                    tts_engine: colloquy::agent::stack::TtsEngine::Espeak,
                     ..StackOptions::default()
                 },
                 &store,
@@ -298,7 +302,7 @@ fn main() {
         let voice = stack.agent(runtime.handle().clone());
         for v in VARIANTS {
             let t = evaluate(voice.clone(), v, &set, verbose);
-            rows.push(row("voice (embedded)", v, &t));
+            rows.push(row("voice (embedded, espeak-ng)", v, &t));
             println!("{}", rows.last().expect("row"));
         }
     }

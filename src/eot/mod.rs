@@ -53,7 +53,9 @@ pub struct EotConfig {
     /// Release before the endpoint when the audio says complete at or above
     /// this probability and the words don't object (1.0 or more: never).
     pub early_release: f32,
-    /// Use the Smart Turn model when it is in the model store.
+    /// Also ask the Smart Turn model (when it is in the model store). Off by
+    /// default: on the project's set it held whole sentences and ended
+    /// paused ones early (README, "End of turn").
     pub audio_model: bool,
 }
 
@@ -65,7 +67,7 @@ impl Default for EotConfig {
             audio_complete: 0.5,
             audio_incomplete: 0.2,
             early_release: 0.9,
-            audio_model: true,
+            audio_model: false,
         }
     }
 }
