@@ -9,6 +9,8 @@
 //! - [`vad`]: voice activity backends and the turn-taking state machine.
 //! - [`session`]: one conversation's data plane feeding the coordinator.
 //! - [`turn`]: the turn coordinator (epochs, staging, commit, barge-in) and playout.
+//! - [`eot`]: the end-of-turn judge (words + the Smart Turn audio model) that
+//!   holds a speculative turn past the endpoint or releases it sooner.
 //! - [`agent`]: what answers a turn (parrot, voice = STT → LLM → TTS).
 //! - [`stt`], [`llm`], [`tts`]: the three model stages, each a trait with one
 //!   backend per file.
@@ -24,6 +26,7 @@
 pub mod agent;
 pub mod audio;
 pub mod echo;
+pub mod eot;
 pub mod flows;
 pub mod frame;
 pub mod journal;

@@ -17,6 +17,8 @@ mod fleet_args;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod eot_args;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "colloquy",
@@ -90,6 +92,8 @@ struct PipelineArgs {
     /// built-in open chat, flows/assistant.toml.
     #[arg(long, value_name = "FILE")]
     flow: Option<PathBuf>,
+    #[command(flatten)]
+    turn: eot_args::TurnArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,7 +275,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.idle_timeout = Duration::from_secs(args.idle_secs);
     config.dump_dir = args.dump_dir;
-    config.session = session_config(&args.pipeline);
+    config.session = session_config(&args.pipeline)?;
     config.journal = args.journal.path();
     config.fleet = args.fleet.config()?;
     let location = match &config.journal {
@@ -335,6 +339,7 @@ fn main() -> ExitCode {
                     || fleet_args::is_bad_location(c)
                     || c.downcast_ref::<colloquy::agent::stack::StackError>()
                         .is_some_and(|s| s.is_bad_input())
+                    || c.is::<eot_args::TurnConfigError>()
             });
             if bad_input {
                 ExitCode::from(2)
@@ -421,9 +426,11 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
                         tts_engine: args.voice,
                         telemetry: Default::default(),
                         config_toml: match &args.config {
-                            Some(p) => Some(std::fs::read_to_string(p).with_context(|| {
-                                format!("reading the config file {}", p.display())
-                            })?),
+                            Some(p) => Some(eot_args::without_turn_table(
+                                &std::fs::read_to_string(p).with_context(|| {
+                                    format!("reading the config file {}", p.display())
+                                })?,
+                            )),
                             None => None,
                         },
                         llm_threads: args.llm_threads,
@@ -451,9 +458,10 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
     })
 }
 
-fn session_config(args: &PipelineArgs) -> SessionConfig {
+fn session_config(args: &PipelineArgs) -> anyhow::Result<SessionConfig> {
     let mut config = SessionConfig {
         vad: args.vad,
+        eot: args.turn.config(args.config.as_deref())?,
         ..SessionConfig::default()
     };
     if let Some(ms) = args.endpoint_ms {
@@ -463,7 +471,7 @@ fn session_config(args: &PipelineArgs) -> SessionConfig {
         config.coordinator.interrupt_min_ms = ms;
     }
     config.coordinator.speculative = !args.no_speculate;
-    config
+    Ok(config)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -489,7 +497,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 journal: journal.path(),
                 resume: journal.session.clone(),
             };
-            let report = replay(&opts, agent, session_config(&pipeline))
+            let report = replay(&opts, agent, session_config(&pipeline)?)
                 .with_context(|| format!("replaying {}", input.display()))?;
             let turns = report.committed.len();
             let interruptions = report
@@ -684,7 +692,7 @@ mod local {
             journal: journal.path(),
             resume: journal.session.clone(),
         };
-        let report = transport::run(&opts, agent, session_config(pipeline), stop);
+        let report = transport::run(&opts, agent, session_config(pipeline)?, stop);
         if let Some(stack) = super::STACK.get() {
             stack.save();
         }

@@ -45,6 +45,11 @@ enum Op {
     /// The user speaks for `ms`, pauses (a speculative turn may open; results
     /// may arrive for it), and then either goes on or stops.
     UserPauses { ms: u64, goes_on: bool },
+    /// As `UserPauses`, but the end-of-turn judge holds the speculative turn
+    /// past the endpoint for `frames` (`--turn smart`, session/hold.rs):
+    /// then the user goes on (the session drops the held turn and reports
+    /// the new speech) or the hold is released (`on_user_stopped`).
+    UserHeld { ms: u64, frames: u32, goes_on: bool },
     /// Time passes: frames are processed and played.
     Idle { frames: u32 },
     /// A result for job `pick` (modulo jobs so far; stale jobs included).
@@ -57,6 +62,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (40u64..2500).prop_map(|ms| Op::UserSpeaks { ms }),
         2 => (100u64..2500, any::<bool>()).prop_map(|(ms, goes_on)| Op::UserPauses { ms, goes_on }),
+        2 => (100u64..2500, 1u32..80, any::<bool>())
+            .prop_map(|(ms, frames, goes_on)| Op::UserHeld { ms, frames, goes_on }),
         4 => (1u32..80).prop_map(|frames| Op::Idle { frames }),
         6 => (0usize..8, 0u8..7, 0u8..4).prop_map(|(pick, kind, words)| Op::Reply { pick, kind, words }),
         1 => Just(Op::Unknown),
@@ -269,6 +276,77 @@ impl Harness {
                 if speculative.is_some() && !goes_on && !self.coord.bot_speaking() {
                     self.violations
                         .push("a confirmed speculative turn did not start speaking".into());
+                }
+            }
+            Op::UserHeld {
+                ms,
+                frames,
+                goes_on,
+            } => {
+                let at = self.now_sample;
+                let now_ms = self.now_ms();
+                self.coord.on_user_started(at, now_ms);
+                self.after_step();
+                for _ in 0..ms / 20 {
+                    self.frame();
+                }
+                let audio = vec![7i16; (ms * 16) as usize];
+                for _ in 0..10 {
+                    self.frame();
+                }
+                let now_ms = self.now_ms();
+                let jobs_before = self.jobs.lock().expect("jobs").len();
+                self.coord
+                    .on_user_paused(&audio, ms, now_ms.saturating_sub(200), now_ms);
+                self.after_step();
+                let speculative = {
+                    let jobs = self.jobs.lock().expect("jobs");
+                    (jobs.len() > jobs_before).then(|| jobs[jobs.len() - 1].clone())
+                };
+                if let Some(job) = &speculative {
+                    self.deliver(
+                        job.epoch,
+                        job.task,
+                        Payload::Transcript("book a table for".into()),
+                    );
+                    self.deliver(
+                        job.epoch,
+                        job.task,
+                        Payload::Speech {
+                            text: "for how many".into(),
+                            audio: vec![EPOCH_MARK + job.epoch as i16; 320 * 8].into(),
+                        },
+                    );
+                    self.deliver(job.epoch, job.task, Payload::Done);
+                }
+                // Held past the endpoint: nothing of it may play (invariant 8).
+                for _ in 0..10 + frames {
+                    self.frame();
+                    if speculative.is_some() && self.coord.bot_speaking() {
+                        self.violations
+                            .push("a turn held past the endpoint started speaking".into());
+                    }
+                }
+                if goes_on {
+                    // As the session does when speech starts during a hold.
+                    let (at, now_ms) = (self.now_sample, self.now_ms());
+                    self.coord.on_user_continued(now_ms);
+                    self.coord.on_user_started(at, now_ms);
+                    self.after_step();
+                    for _ in 0..ms / 20 {
+                        self.frame();
+                    }
+                    for _ in 0..20 {
+                        self.frame();
+                    }
+                }
+                let now_ms = self.now_ms();
+                self.coord
+                    .on_user_stopped(&audio, ms, now_ms.saturating_sub(400), now_ms);
+                self.after_step();
+                if speculative.is_some() && !goes_on && !self.coord.bot_speaking() {
+                    self.violations
+                        .push("a released held turn did not start speaking".into());
                 }
             }
             Op::Idle { frames } => {

@@ -170,6 +170,11 @@ pub trait Agent: Send + Sync {
     fn greets(&self) -> bool {
         false
     }
+    /// The conversation flow this agent follows, if any (the end-of-turn
+    /// judge holds a turn whose words lack the value the node waits for).
+    fn flow(&self) -> Option<Arc<crate::flows::Flow>> {
+        None
+    }
     /// LLM span events of this agent's requests, for the session's event log.
     fn span_feed(&self) -> Option<tokio::sync::broadcast::Receiver<crate::llm::span::SpanEvent>> {
         None

@@ -109,6 +109,10 @@ impl Agent for VoiceAgent {
             .is_some_and(|f| f.initial().on_enter.say.is_some())
     }
 
+    fn flow(&self) -> Option<Arc<Flow>> {
+        self.options.flow.clone()
+    }
+
     fn span_feed(&self) -> Option<tokio::sync::broadcast::Receiver<SpanEvent>> {
         Some(self.router.runner().sink.subscribe())
     }

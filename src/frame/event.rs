@@ -39,6 +39,19 @@ pub enum Event {
     SpeechPaused { at_ms: u64 },
     /// The user's turn ended (endpointing silence elapsed after speech).
     SpeechStopped { at_ms: u64, speech_ms: u64 },
+    /// The end-of-turn judge acted on a held turn (`--turn smart`): `action`
+    /// is `hold` (past the endpoint), `release`, `backstop` (held too long)
+    /// or `early` (ended before the endpoint).
+    TurnJudged {
+        verdict: String,
+        action: String,
+        /// What the words said (`None`: no transcript).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        words: Option<String>,
+        /// Smart Turn's probability of "complete" (`None`: not run).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audio: Option<f32>,
+    },
     /// A transcript of the user's speech; `is_final` marks the turn's final one.
     Transcript {
         epoch: u64,
@@ -129,6 +142,7 @@ impl Event {
             Event::SpeechStarted { .. } => "speech_started",
             Event::SpeechPaused { .. } => "speech_paused",
             Event::SpeechStopped { .. } => "speech_stopped",
+            Event::TurnJudged { .. } => "turn_judged",
             Event::Transcript { .. } => "transcript",
             Event::TurnOpened { .. } => "turn_opened",
             Event::Staged { .. } => "staged",

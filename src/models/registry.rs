@@ -26,16 +26,19 @@ pub enum ModelId {
     OnnxRuntime,
     /// Silero VAD (ONNX).
     SileroVad,
+    /// Smart Turn v3.2, pipecat's audio end-of-turn model (ONNX).
+    SmartTurn,
 }
 
 impl ModelId {
     /// Every model, in fetch order.
-    pub const ALL: [ModelId; 5] = [
+    pub const ALL: [ModelId; 6] = [
         ModelId::WhisperTinyEn,
         ModelId::SmolLm2,
         ModelId::PiperJoe,
         ModelId::OnnxRuntime,
         ModelId::SileroVad,
+        ModelId::SmartTurn,
     ];
 
     /// The short name used in the CLI, logs and the cache layout.
@@ -46,6 +49,7 @@ impl ModelId {
             ModelId::PiperJoe => "piper-en_US-joe-medium",
             ModelId::OnnxRuntime => "onnxruntime",
             ModelId::SileroVad => "silero-vad",
+            ModelId::SmartTurn => "smart-turn-v3.2",
         }
     }
 }
@@ -187,6 +191,8 @@ pub fn pinned() -> Vec<ModelSpec> {
         },
     };
     let silero = wheel("silero-vad", "6.2.1");
+    // Smart Turn ships inside pipecat's own wheel (BSD-2-Clause).
+    let pipecat = wheel("pipecat-ai", "1.14.0");
     vec![
         ModelSpec {
             id: ModelId::WhisperTinyEn,
@@ -272,6 +278,18 @@ pub fn pinned() -> Vec<ModelSpec> {
                     "silero_vad/data/silero_vad.onnx",
                     2_327_524,
                     "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+                ),
+            )],
+        },
+        ModelSpec {
+            id: ModelId::SmartTurn,
+            artifacts: vec![extract(
+                "smart-turn/smart-turn-v3.2-cpu.onnx",
+                input(
+                    &pipecat,
+                    "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+                    8_679_182,
+                    "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
                 ),
             )],
         },

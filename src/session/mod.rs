@@ -25,12 +25,14 @@ use crate::audio::{EdgeResampler, FrameAssembler, InputConsumer, OutputProducer,
 use crate::frame::{samples_to_ms, AudioFrame, Event, TimedEvent, FRAME_SAMPLES, SAMPLE_RATE};
 use crate::turn::{Coordinator, CoordinatorConfig, Playout};
 use crate::vad::{TurnConfig, TurnDetector, TurnEvent, Vad, VadKind};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+mod delivery;
+mod hold;
 mod utterance;
 pub use utterance::UtteranceBuffer;
 // Echo control before the VAD (local devices transport): see src/echo/.
@@ -52,6 +54,8 @@ pub struct SessionConfig {
     pub vad: VadKind,
     pub turn: TurnConfig,
     pub coordinator: CoordinatorConfig,
+    /// End of turn: silence only, or the judge (`--turn smart`, session/hold.rs).
+    pub eot: crate::eot::EotConfig,
     /// Rate and channels of what the transport pushes into the input ring.
     pub input_rate: u32,
     pub input_channels: u16,
@@ -75,6 +79,7 @@ impl Default for SessionConfig {
             vad: VadKind::default(),
             turn: TurnConfig::default(),
             coordinator: CoordinatorConfig::default(),
+            eot: crate::eot::EotConfig::default(),
             input_rate: SAMPLE_RATE,
             input_channels: 1,
             output_rate: SAMPLE_RATE,
@@ -129,6 +134,8 @@ pub struct Session {
     /// Echo control (src/echo/): the gate by default, inert until
     /// `set_playback_level` is called; transports may set another backend.
     echo: Box<dyn EchoControl>,
+    /// The end-of-turn judge's hold (hold.rs).
+    hold: hold::Hold,
 }
 
 impl Session {
@@ -145,6 +152,14 @@ impl Session {
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancel = CancellationToken::new();
         let span_feed = agent.span_feed();
+        let hold = hold::Hold::new(
+            config.eot.clone(),
+            crate::eot::audio_model(&config.eot),
+            agent.flow(),
+            agent.transcribes(),
+            config.cost_mode,
+            config.pacing,
+        );
         let coordinator = Coordinator::new(
             config.coordinator.clone(),
             agent,
@@ -180,6 +195,7 @@ impl Session {
             span_feed,
             cancel,
             echo: Box::new(EchoGate::new()),
+            hold,
         })
     }
 
@@ -290,17 +306,23 @@ impl Session {
         let now_ms = samples_to_ms(self.now);
         match event {
             Some(TurnEvent::Started { at }) => {
+                if self.hold.on_user_went_on() {
+                    // The user goes on after a held end of turn: drop the
+                    // held turn; the whole utterance is answered at its end.
+                    self.coordinator.on_user_continued(now_ms);
+                }
                 self.utterance.mark_start(at);
                 self.coordinator.on_user_started(at, now_ms);
             }
             Some(TurnEvent::Stopped { start, end }) => {
-                let audio = self.utterance.take(start.saturating_sub(self.lead), end);
-                self.coordinator.on_user_stopped(
-                    &audio,
-                    samples_to_ms(end - start),
-                    samples_to_ms(end),
-                    now_ms,
-                );
+                let start = self.hold.origin(start);
+                let end_ms = samples_to_ms(end);
+                if !self
+                    .hold
+                    .defer_stop(&self.coordinator, start, end, end_ms, now_ms)
+                {
+                    self.end_turn(start, end, now_ms);
+                }
             }
             Some(TurnEvent::Paused { at }) => {
                 self.push_event(
@@ -315,6 +337,7 @@ impl Session {
                     self.coordinator.can_speculate(),
                     self.detector.utterance_start(),
                 ) {
+                    let start = self.hold.origin(start);
                     let audio = self.utterance.copy(start.saturating_sub(self.lead), at);
                     self.coordinator.on_user_paused(
                         &audio,
@@ -322,32 +345,69 @@ impl Session {
                         samples_to_ms(at),
                         now_ms,
                     );
+                    if self.coordinator.is_held() {
+                        let (utterance, now) = (&self.utterance, self.now);
+                        let from = start.saturating_sub(self.lead);
+                        self.hold.on_pause(|| utterance.copy(from, now), now_ms);
+                    }
                 }
             }
-            Some(TurnEvent::Continued { .. }) => self.coordinator.on_user_continued(now_ms),
+            Some(TurnEvent::Continued { .. }) => {
+                self.hold.on_user_went_on();
+                self.coordinator.on_user_continued(now_ms)
+            }
             None => {}
+        }
+        if event.is_none() {
+            self.judge(now_ms);
         }
         self.coordinator.on_frame(self.now, now_ms);
         self.collect_events();
     }
 
-    /// Ends input: closes an open user turn.
+    /// Ends input: closes an open user turn (a held end of turn is
+    /// released: hold invariant 2).
     pub fn finish_input(&mut self) {
         let frames = &mut self.frames;
         self.assembler.flush(|f| frames.push_back(*f));
         while let Some(frame) = self.frames.pop_front() {
             self.process_frame(&frame);
         }
+        let now = self.now_ms();
         if let Some(TurnEvent::Stopped { start, end }) = self.detector.finish() {
-            let audio = self.utterance.take(start.saturating_sub(self.lead), end);
-            let now = self.now_ms();
-            self.coordinator.on_user_stopped(
-                &audio,
-                samples_to_ms(end - start),
-                samples_to_ms(end),
-                now,
-            );
-            self.collect_events();
+            let start = self.hold.origin(start);
+            self.hold.finish_turn();
+            self.end_turn(start, end, now);
+        } else if let Some((start, end)) = self.hold.release_now(now) {
+            self.end_turn(start, end, now);
+        }
+        self.collect_events();
+    }
+
+    /// Hands the utterance `start..end` to the coordinator as ended.
+    fn end_turn(&mut self, start: u64, end: u64, now_ms: u64) {
+        let audio = self.utterance.take(start.saturating_sub(self.lead), end);
+        self.coordinator.on_user_stopped(
+            &audio,
+            samples_to_ms(end - start),
+            samples_to_ms(end),
+            now_ms,
+        );
+    }
+
+    /// The end-of-turn judge's decisions between detector events (hold.rs).
+    fn judge(&mut self, now_ms: u64) {
+        let in_pause = self.detector.is_speaking();
+        match self.hold.tick(&self.coordinator, in_pause, now_ms) {
+            hold::Action::None => {}
+            hold::Action::Release { start, end } => self.end_turn(start, end, now_ms),
+            hold::Action::EndNow => {
+                if let Some(TurnEvent::Stopped { start, end }) = self.detector.finish() {
+                    let start = self.hold.origin(start);
+                    self.hold.finish_turn();
+                    self.end_turn(start, end, now_ms);
+                }
+            }
         }
     }
 
@@ -372,101 +432,6 @@ impl Session {
     /// Whether a task is running or reply audio is still to play.
     pub fn busy(&self) -> bool {
         self.coordinator.busy() || !self.waiting.is_empty()
-    }
-
-    /// With `Pacing::Charged`: whether a running task could still report a
-    /// result due at or before `now_ms`, so the driver must wait for it
-    /// before advancing time (holds invariant 1).
-    pub fn must_wait(&self, now_ms: u64) -> bool {
-        if self.pacing != Pacing::Charged {
-            return false;
-        }
-        self.coordinator
-            .running()
-            .any(|(task, dispatched, started)| {
-                if self.finished.contains(&task) {
-                    return false;
-                }
-                let reported = self.last_cost.get(&task).copied().unwrap_or_default();
-                let bound = match self.cost_mode {
-                    CostMode::Wall => reported.max(started.elapsed()),
-                    CostMode::Zero => reported,
-                };
-                dispatched + bound.as_millis() as u64 <= now_ms
-            })
-    }
-
-    /// Blocks up to `timeout` for one task result (used by replay drivers
-    /// while [`Session::must_wait`]). Returns false on timeout.
-    pub fn wait_for_result(&mut self, timeout: Duration) -> bool {
-        match self.results.recv_timeout(timeout) {
-            Ok(msg) => {
-                self.accept(msg);
-                true
-            }
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => false,
-        }
-    }
-
-    /// Drives `must_wait`/`wait_for_result` until nothing due is missing.
-    pub fn settle(&mut self, now_ms: u64) {
-        self.receive();
-        let started = Instant::now();
-        while self.must_wait(now_ms) {
-            self.wait_for_result(Duration::from_millis(5));
-            // A task that never reports is a bug in its agent; don't hang forever.
-            if started.elapsed() > Duration::from_secs(600) {
-                break;
-            }
-        }
-    }
-
-    fn receive(&mut self) {
-        while let Ok(msg) = self.results.try_recv() {
-            self.accept(msg);
-        }
-    }
-
-    fn accept(&mut self, msg: TaskMessage) {
-        if matches!(
-            msg.payload,
-            crate::agent::Payload::Done | crate::agent::Payload::Failed(_)
-        ) {
-            self.finished.insert(msg.task);
-        }
-        let due = match self.pacing {
-            Pacing::Charged => {
-                self.last_cost.insert(msg.task, msg.cost);
-                (msg.dispatched_ms + msg.cost.as_millis() as u64).max(msg.dispatched_ms)
-            }
-            Pacing::Arrival => samples_to_ms(self.now),
-        };
-        self.arrival_seq += 1;
-        self.waiting.push((due, self.arrival_seq, msg));
-    }
-
-    fn deliver_due(&mut self) {
-        if self.waiting.is_empty() {
-            return;
-        }
-        let now_ms = samples_to_ms(self.now);
-        self.waiting.sort_by_key(|(due, seq, _)| (*due, *seq));
-        while self
-            .waiting
-            .first()
-            .is_some_and(|(due, _, _)| *due <= now_ms)
-        {
-            let (_, _, msg) = self.waiting.remove(0);
-            if matches!(
-                msg.payload,
-                crate::agent::Payload::Done | crate::agent::Payload::Failed(_)
-            ) {
-                self.last_cost.remove(&msg.task);
-                self.finished.remove(&msg.task);
-            }
-            self.coordinator.on_message(msg, now_ms);
-        }
-        self.collect_events();
     }
 
     /// Reports a problem outside the pipeline (journal, device) as an `error`
@@ -507,6 +472,7 @@ impl Session {
 
     fn collect_events(&mut self) {
         let events = &mut self.events;
+        events.extend(self.hold.drain_events());
         events.extend(self.coordinator.drain_events());
     }
 }

@@ -266,6 +266,17 @@ impl Coordinator {
     pub fn bot_speaking(&self) -> bool {
         self.state == TurnState::Speaking
     }
+    /// Whether a speculative turn is held (invariant 8).
+    pub fn is_held(&self) -> bool {
+        self.staging.as_ref().is_some_and(|s| s.held)
+    }
+    /// The held turn's transcript, once its agent reported one.
+    pub fn held_transcript(&self) -> Option<&str> {
+        self.staging
+            .as_ref()
+            .filter(|s| s.held && s.stt_ms.is_some())
+            .map(|s| s.user_text.as_str())
+    }
     /// Whether anything is still to happen (a task running or audio queued).
     pub fn busy(&self) -> bool {
         self.state != TurnState::Idle || !self.in_flight.is_empty() || self.suspended.is_some()
