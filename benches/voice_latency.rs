@@ -178,8 +178,8 @@ fn turns(report: &ReplayReport, built: &Built) -> Vec<Turn> {
             .ends_ms
             .iter()
             .enumerate()
-            .filter(|(_, &end)| end <= eos + 300)
-            .last()
+            .rev()
+            .find(|(_, &end)| end <= eos + 300)
         else {
             continue;
         };
@@ -255,8 +255,9 @@ fn piper_chunk_costs(store: &ModelStore) {
         println!("voice_latency: no Piper voice");
         return;
     };
-    let piper = colloquy::tts::piper::PiperTts::load(&onnx, &onnx.with_extension("onnx.json"), &lib, 1)
-        .expect("piper");
+    let piper =
+        colloquy::tts::piper::PiperTts::load(&onnx, &onnx.with_extension("onnx.json"), &lib, 1)
+            .expect("piper");
     let run = ort::session::RunOptions::new().expect("run options");
     let never = tokio_util::sync::CancellationToken::new();
     let words = "the capital of France is Paris and it is a very old and beautiful city";
@@ -267,7 +268,9 @@ fn piper_chunk_costs(store: &ModelStore) {
         let mut audio_ms = 0;
         for _ in 0..7 {
             let t = std::time::Instant::now();
-            let speech = piper.synthesize_blocking(&text, &never, &run).expect("synth");
+            let speech = piper
+                .synthesize_blocking(&text, &never, &run)
+                .expect("synth");
             ms.push(t.elapsed().as_micros() as i64);
             audio_ms = speech.samples.len() as i64 * 1000 / i64::from(speech.sample_rate);
         }

@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub mod flow;
+pub mod guard;
 pub mod parrot;
 pub mod stack;
 pub mod voice;
+pub mod warm;
 
 /// Identifies one dispatched task (unique within a session).
 pub type TaskId = u64;
@@ -167,6 +169,12 @@ pub trait Agent: Send + Sync {
     /// greeting turn on the first frame of a session with no history.
     fn greets(&self) -> bool {
         false
+    }
+    /// Warm start: readies the agent's models for a session that starts
+    /// with `history` (the LLM prefills the system prompt and history)
+    /// while the user speaks. `None`: nothing to warm (see [`warm`]).
+    fn warm_up(&self, _history: &[ChatMessage]) -> Option<warm::WarmUp> {
+        None
     }
     /// LLM span events of this agent's requests, for the session's event log.
     fn span_feed(&self) -> Option<tokio::sync::broadcast::Receiver<crate::llm::span::SpanEvent>> {

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 mod utterance;
 pub use utterance::UtteranceBuffer;
+mod warm;
 // Echo gate (local devices transport): see echo.rs.
 pub mod echo;
 pub use echo::EchoGate;
@@ -126,6 +127,8 @@ pub struct Session {
     cancel: CancellationToken,
     /// Echo gate (local devices): inert until `set_playback_level` is called.
     echo: EchoGate,
+    /// Warm start (prefill while the user speaks; warm.rs).
+    warm: warm::WarmStart,
 }
 
 impl Session {
@@ -142,6 +145,7 @@ impl Session {
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancel = CancellationToken::new();
         let span_feed = agent.span_feed();
+        let warm = warm::WarmStart::new(agent.clone());
         let coordinator = Coordinator::new(
             config.coordinator.clone(),
             agent,
@@ -177,11 +181,13 @@ impl Session {
             span_feed,
             cancel,
             echo: EchoGate::new(),
+            warm,
         })
     }
 
     /// Starts from committed history (resumed session).
     pub fn with_history(mut self, history: Vec<crate::llm::ChatMessage>) -> Self {
+        self.warm.set_history(history.clone());
         self.coordinator = self.coordinator.with_history(history);
         self
     }
@@ -240,6 +246,7 @@ impl Session {
     /// Processes every pending input frame and delivers due results.
     /// `on_user_frame` sees each frame as the pipeline heard it.
     pub fn process(&mut self, mut on_user_frame: impl FnMut(&AudioFrame)) {
+        self.warm.begin(self.now_ms());
         self.pull_input();
         self.receive();
         while let Some(frame) = self.frames.pop_front() {
@@ -358,6 +365,9 @@ impl Session {
         if self.pacing != Pacing::Charged {
             return false;
         }
+        if self.warm.must_wait(now_ms, self.cost_mode) {
+            return true;
+        }
         self.coordinator
             .running()
             .any(|(task, dispatched, started)| {
@@ -423,6 +433,10 @@ impl Session {
     }
 
     fn deliver_due(&mut self) {
+        let now_ms = samples_to_ms(self.now);
+        if let Some(event) = self.warm.poll(now_ms, self.cost_mode, self.pacing) {
+            self.push_event(now_ms, event);
+        }
         if self.waiting.is_empty() {
             return;
         }
