@@ -392,10 +392,19 @@ impl PiperTts {
         // Warm start: onnxruntime's first runs of a session allocate and
         // plan (measured ≈ 2–3× a later run); pay them here, not in the
         // first reply. Two lengths, so both short and long shapes are seen.
+        // On a thread of its own: `load` may be called inside an async
+        // context, where the espeak owner's blocking reply must not wait.
         let run = RunOptions::new().map_err(|e| backend_error(format!("run options: {e}")))?;
-        for text in ["Hello.", "Hello there, this is a warm start of the voice."] {
-            voice.synthesize_blocking(text, &CancellationToken::new(), &run)?;
-        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for text in ["Hello.", "Hello there, this is a warm start of the voice."] {
+                    voice.synthesize_blocking(text, &CancellationToken::new(), &run)?;
+                }
+                Ok::<(), TtsError>(())
+            })
+            .join()
+            .map_err(|_| backend_error("the warm-up thread panicked"))?
+        })?;
         Ok(voice)
     }
 
