@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use colloquy::models::{ModelId, ModelStore};
 use colloquy::stt::normalize::word_errors;
-use colloquy::stt::whisper::{AudioCtx, WhisperConfig, WhisperStt};
+use colloquy::stt::whisper::{AudioCtx, Outcome, WhisperConfig, WhisperStt};
 use colloquy::stt::{SpeechToText, SttError};
 use tokio_util::sync::CancellationToken;
 
@@ -186,6 +186,82 @@ async fn a_cancelled_transcription_returns_cancelled_and_the_backend_stays_usabl
         .unwrap();
     let (e, n) = word_errors(&clips[0].reference, &ok.text);
     assert!(e * 5 < n, "backend unusable after cancel: {:?}", ok.text);
+}
+
+/// Issue 14: a cancelled (speculative) decode frees the worker at once, so
+/// the confirmed turn's decode never waits behind it. Over a spread of
+/// cancel points (before the decode starts, early in the encoder, later),
+/// the cancelled request stops at its first abort check after the cancel
+/// (a ggml graph node: at most one more may be in flight), and the request
+/// sent right behind it transcribes exactly as it does alone. Counts of
+/// work, not wall-clock times, are asserted; the times are printed.
+#[test]
+fn a_cancelled_decode_stops_within_one_graph_node_and_the_next_is_not_delayed() {
+    let (Some(path), Some(clips)) = (model(), clips()) else {
+        return;
+    };
+    // The full window: the longest decode, the worst case to wait behind.
+    let config = WhisperConfig {
+        audio_ctx: AudioCtx::Full,
+        ..WhisperConfig::default()
+    };
+    let stt = WhisperStt::load(&path, config).unwrap();
+    let long = clips
+        .iter()
+        .map(|c| read_wav(&c.path))
+        .max_by_key(Vec::len)
+        .unwrap();
+    let next = read_wav(&clips[1].path);
+    let t = Instant::now();
+    let alone = stt.decode_blocking(&next, AudioCtx::Full).unwrap();
+    let alone_ms = t.elapsed().as_millis();
+    println!("next decode alone: {alone_ms} ms {:?}", alone.text);
+    if !stt.aborts_per_node() {
+        eprintln!("note: this build aborts only after the encoder (not Linux)");
+    }
+    for delay_ms in [0u64, 30, 250] {
+        let (a, b) = (stt.next_id(), stt.next_id());
+        let (outcome, confirmed, confirmed_ms) = std::thread::scope(|s| {
+            let speculative = s.spawn(|| stt.decode_id(a, &long, AudioCtx::Full));
+            // Not a timing assumption: any cancel point must satisfy the
+            // assertions below; the delays only spread the points.
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            stt.cancel(a);
+            let t = Instant::now();
+            let confirmed = s.spawn(|| stt.decode_id(b, &next, AudioCtx::Full));
+            let outcome = speculative.join().unwrap().unwrap();
+            let confirmed = confirmed.join().unwrap().unwrap();
+            (outcome, confirmed, t.elapsed().as_millis())
+        });
+        println!(
+            "cancel after {delay_ms:>3} ms: {outcome:?}; next transcript after {confirmed_ms} ms (alone {alone_ms} ms)"
+        );
+        match outcome {
+            Outcome::Cancelled {
+                running,
+                checks_after_cancel,
+                ..
+            } => {
+                if running && stt.aborts_per_node() {
+                    assert!(
+                        checks_after_cancel <= 2,
+                        "cancel after {delay_ms} ms: {checks_after_cancel} abort checks ran after the cancel"
+                    );
+                }
+                if !running {
+                    assert_eq!(checks_after_cancel, 0);
+                }
+            }
+            Outcome::Text(d) => panic!("a 30 s-window decode finished before its cancel: {d:?}"),
+        }
+        match confirmed {
+            Outcome::Text(d) => {
+                assert_eq!(d.text, alone.text, "the next decode changed after a cancel");
+                assert_eq!(d.waited_checks, 0, "the next decode waited behind another");
+            }
+            other => panic!("the next decode was not transcribed: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

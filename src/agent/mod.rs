@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub mod flow;
+pub mod guard;
 pub mod parrot;
 pub mod served;
 pub mod stack;
 pub mod voice;
+pub mod warm;
 
 /// Identifies one dispatched task (unique within a session).
 pub type TaskId = u64;
@@ -173,6 +175,12 @@ pub trait Agent: Send + Sync {
     /// The conversation flow this agent follows, if any (the end-of-turn
     /// judge holds a turn whose words lack the value the node waits for).
     fn flow(&self) -> Option<Arc<crate::flows::Flow>> {
+        None
+    }
+    /// Warm start: readies the agent's models for a session that starts
+    /// with `history` (the LLM prefills the system prompt and history)
+    /// while the user speaks. `None`: nothing to warm (see [`warm`]).
+    fn warm_up(&self, _history: &[ChatMessage]) -> Option<warm::WarmUp> {
         None
     }
     /// LLM span events of this agent's requests, for the session's event log.

@@ -14,9 +14,13 @@
 //! 3. Synthesis runs one sentence at a time, never beside itself, so TTS and
 //!    LLM decode share the two cores in a known way (see README, "CPU
 //!    scheduling").
+//! 4. A model reply passes the reply guard (`guard.rs`): a loop or the
+//!    spoken-length cap ends it at a sentence end, the model's stream is
+//!    dropped, and what was spoken is what the turn commits.
 
 use super::flow::FlowReply;
 use super::served::Served;
+use super::guard::{ReplyCap, ReplyGuard};
 use super::{Agent, Payload, Reporter, TurnJob};
 use crate::audio::wav::mono_i16_to_16k;
 use crate::flows::{Flow, FlowState};
@@ -45,13 +49,17 @@ pub struct VoiceOptions {
     pub max_history: usize,
     /// The conversation flow; `None` is open chat with `system_prompt`.
     pub flow: Option<Arc<Flow>>,
+    /// Spoken-length cap and loop guard of model replies (`guard.rs`).
+    pub reply_cap: ReplyCap,
 }
 
 impl Default for VoiceOptions {
     fn default() -> Self {
         Self {
             system_prompt: DEFAULT_SYSTEM_PROMPT.to_string(),
-            max_tokens: 60,
+            // A backstop: the reply guard's cap (3 sentences, or the first
+            // sentence end after 60 tokens) ends replies before it.
+            max_tokens: 100,
             // Greedy: the small model's most likely answer, the same every time
             // for the same words (sampled answers sometimes stopped mid-sentence).
             temperature: 0.0,
@@ -59,6 +67,7 @@ impl Default for VoiceOptions {
             max_chunk_chars: 180,
             max_history: 12,
             flow: None,
+            reply_cap: ReplyCap::default(),
         }
     }
 }
@@ -111,6 +120,10 @@ impl Agent for VoiceAgent {
 
     fn flow(&self) -> Option<Arc<Flow>> {
         self.options.flow.clone()
+    }
+
+    fn warm_up(&self, history: &[ChatMessage]) -> Option<super::warm::WarmUp> {
+        super::warm::voice_warm_up(&self.router, &self.options, history, &self.runtime)
     }
 
     fn span_feed(&self) -> Option<tokio::sync::broadcast::Receiver<SpanEvent>> {
@@ -293,44 +306,64 @@ impl Turn {
         let mut reply = self
             .router
             .start_turn(request, self.epoch, deadline, signal);
-        let mut chunker =
-            SentenceChunker::new(self.options.max_chunk_chars).with_eager_first_clause(24);
+        // Holds invariant 4: the guard ends loops and over-long replies.
+        let cap = super::guard::cap_for(
+            self.options.reply_cap,
+            flow.as_ref().and_then(|(f, state, ..)| state.current(f)),
+        );
+        let mut chunker = ReplyGuard::new(
+            cap,
+            self.options.max_chunk_chars,
+            Some(crate::tts::chunker::EAGER_FIRST_CLAUSE_CHARS),
+        );
         let mut tool_call = None;
+        let mut cut = false;
         loop {
             let item = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return Step::Stop,
                 item = reply.next() => item,
             };
-            let finished = !matches!(item, Some(TurnItem::Delta(_)));
+            let mut finished = !matches!(item, Some(TurnItem::Delta(_)));
             let sentences = match item {
                 Some(TurnItem::Delta(ChatDelta::Text(t))) => {
                     self.reporter.send(Payload::Token(t.clone()));
-                    chunker.push(&t)
+                    let guarded = chunker.push(&t);
+                    // A stopped reply is over: the loop below drops the
+                    // model's stream, which stops its decoding.
+                    finished = guarded.stop.is_some();
+                    guarded.chunks
+                }
+                Some(TurnItem::Delta(ChatDelta::Finished { reason, .. })) => {
+                    cut = reason == crate::llm::FinishReason::Length;
+                    continue;
                 }
                 Some(TurnItem::Delta(ChatDelta::ToolCall(call))) => {
                     tool_call.get_or_insert(call);
                     continue;
                 }
-                Some(TurnItem::Delta(_)) => continue,
                 Some(TurnItem::Restart { .. }) => {
                     // Holds invariant 2.
-                    chunker.clear();
+                    chunker = ReplyGuard::new(
+                        cap,
+                        self.options.max_chunk_chars,
+                        Some(crate::tts::chunker::EAGER_FIRST_CLAUSE_CHARS),
+                    );
                     tool_call = None;
                     continue;
                 }
                 Some(TurnItem::Done { model }) => {
                     self.served.llm = Some(model);
                     self.reporter.send(Payload::Model(self.served.label()));
-                    chunker.finish()
+                    chunker.finish(cut)
                 }
-                None => chunker.finish(),
+                None => chunker.finish(cut),
                 Some(TurnItem::Failed(e)) => {
                     if !self.spoke {
                         self.reporter.send(Payload::Failed(e.to_string()));
                         return Step::Stop;
                     }
-                    chunker.finish()
+                    chunker.finish(true)
                 }
                 Some(TurnItem::Cancelled(_)) => return Step::Stop,
             };

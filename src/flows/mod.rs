@@ -69,6 +69,10 @@ pub struct Node {
     /// here, instead of asking the model: for small models that ramble.
     #[serde(default)]
     pub reprompt: Option<String>,
+    /// Most sentences a model reply speaks in this node (default 3, the
+    /// voice agent's reply cap; `agent::guard`).
+    #[serde(default)]
+    pub max_sentences: Option<usize>,
     /// The functions (tools) offered in this node, in declaration order.
     #[serde(default)]
     pub functions: Vec<Function>,

@@ -124,6 +124,17 @@ pub enum Event {
         first_token_ms: Option<u64>,
         first_audio_ms: u64,
     },
+    /// The session's warm start finished (`agent::warm`): the system
+    /// prompt and history are in the model's cache (`tokens`, of which
+    /// `reused` were already there), after `ms` of compute; `error` if it
+    /// failed (the first turn then pays the prefill).
+    PrefillDone {
+        tokens: u32,
+        reused: u32,
+        ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// A span event of an LLM request, as JSON (see `llm::span`).
     Span { epoch: u64, span: serde_json::Value },
     /// The pipeline state for status displays.
@@ -159,6 +170,7 @@ impl Event {
             Event::FalseInterruption { .. } => "false_interruption",
             Event::Resumed { .. } => "resumed",
             Event::TurnLatency { .. } => "turn_latency",
+            Event::PrefillDone { .. } => "prefill_done",
             Event::Span { .. } => "span",
             Event::State { .. } => "state",
             Event::Error { .. } => "error",

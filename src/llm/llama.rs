@@ -8,16 +8,20 @@
 //! the chat template embedded in the GGUF and tokenised with special tokens
 //! parsed. The KV cache is kept between requests and the longest common token
 //! prefix (system prompt and earlier turns) is reused, so a follow-up turn
-//! only pays prefill for its new tokens.
+//! only pays prefill for its new tokens. Warm start: every graph runs once
+//! at load ([`generator`]), and a session prefills its system prompt and
+//! history while the user is still speaking ([`ChatModel::prefill`]), so a
+//! first turn costs what a later turn costs.
 //!
 //! # Invariants
 //! 1. llama.cpp's backend is initialised once per process; only the
 //!    generation thread touches the model's context.
 //! 2. Every request's stream ends with exactly one `Finished` or one error
 //!    (the trait's invariant 1).
-//! 3. When the stream is dropped, generation stops before the next token is
-//!    decoded: the thread checks the channel before every decode and every
-//!    prefill batch, and a failed send stops it too.
+//! 3. When the stream is dropped (or a prefill's future), generation stops
+//!    before the next token is decoded: the thread checks the channel
+//!    before every decode and every prefill chunk (at most `prefill_chunk`
+//!    tokens), and a failed send stops it too.
 //! 4. `cached` always equals the tokens whose keys and values are in the KV
 //!    cache (sequence 0, positions `0..cached.len()`).
 //! 5. A prompt never exceeds the context: the oldest non-system messages are
@@ -38,26 +42,24 @@
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
-use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::model::LlamaModel;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 use super::{
-    ChatDelta, ChatMessage, ChatModel, ChatRequest, ChatStream, ErrorClass, FinishReason, LlmError,
-    Role, Usage,
+    ChatDelta, ChatMessage, ChatModel, ChatRequest, ChatStream, ErrorClass, LlmError, Prefilled,
 };
+
+mod generator;
+use generator::Generator;
 
 /// The provider name this backend reports.
 pub const PROVIDER: &str = "embedded";
@@ -83,6 +85,14 @@ pub struct LlamaOptions {
     pub context_tokens: u32,
     /// Prefill batch size in tokens.
     pub batch_tokens: u32,
+    /// Prompt tokens decoded between two cancellation checks (a dropped
+    /// stream stops within one such chunk: ≈ 2 ms per token on one thread).
+    pub prefill_chunk: usize,
+    /// Repetition penalty over the last `repeat_last_n` generated tokens
+    /// (1.0 = off). The reply guard (`agent::guard`) stops loops; this
+    /// only makes them rarer.
+    pub repeat_penalty: f32,
+    pub repeat_last_n: i32,
     /// Top-k sampling cut (0 disables).
     pub top_k: i32,
     /// Nucleus sampling cut (1.0 disables).
@@ -103,6 +113,9 @@ impl Default for LlamaOptions {
             prefill_threads: None,
             context_tokens: 2048,
             batch_tokens: 512,
+            prefill_chunk: 16,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
             top_k: 40,
             top_p: 0.95,
             seed: 0x5eed,
@@ -129,6 +142,11 @@ enum Job {
     Generate {
         request: ChatRequest,
         reply: Reply,
+    },
+    /// Load a prompt prefix into the KV cache (warm start).
+    Prefill {
+        messages: Vec<ChatMessage>,
+        reply: oneshot::Sender<Result<Option<Prefilled>, LlmError>>,
     },
     /// Answered once every earlier job is finished.
     Barrier(oneshot::Sender<()>),
@@ -293,6 +311,16 @@ impl ChatModel for LlamaChat {
         })
         .boxed())
     }
+
+    async fn prefill(&self, messages: &[ChatMessage]) -> Result<Option<Prefilled>, LlmError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Prefill {
+            messages: messages.to_vec(),
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| err(ErrorClass::Other, "generation thread has stopped"))?
+    }
 }
 
 fn generation_thread(
@@ -345,7 +373,6 @@ fn generation_thread(
             return;
         }
     };
-    let _ = ready.send(Ok(()));
     let mut generator = Generator {
         model: &model,
         template,
@@ -353,10 +380,27 @@ fn generation_thread(
         stats,
         cached: Vec::new(),
     };
+    if let Err(e) = generator.warm_up(&mut ctx) {
+        let _ = ready.send(Err(e));
+        return;
+    }
+    let _ = ready.send(Ok(()));
     while let Ok(job) = jobs.recv() {
         match job {
             Job::Barrier(done) => {
                 let _ = done.send(());
+            }
+            Job::Prefill { messages, reply } => {
+                if reply.is_closed() {
+                    continue;
+                }
+                let result = generator.prefill(&mut ctx, &messages, &|| reply.is_closed());
+                if result.is_err() {
+                    // The KV cache state is unknown after a failure.
+                    ctx.clear_kv_cache();
+                    generator.cached.clear();
+                }
+                let _ = reply.send(result);
             }
             Job::Generate { request, reply } => {
                 if reply.is_closed() {
@@ -380,243 +424,12 @@ fn generation_thread(
     }
 }
 
-struct Generator<'m> {
-    model: &'m LlamaModel,
-    template: LlamaChatTemplate,
-    options: LlamaOptions,
-    stats: Arc<LlamaStats>,
-    /// Holds invariant 4.
-    cached: Vec<LlamaToken>,
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    }
-}
-
-impl Generator<'_> {
-    fn render(&self, messages: &[ChatMessage]) -> Result<Vec<LlamaToken>, LlmError> {
-        let mut chat = Vec::with_capacity(messages.len() + 1);
-        if !messages.iter().any(|m| m.role == Role::System) {
-            chat.push(
-                LlamaChatMessage::new("system".into(), VOICE_SYSTEM_PROMPT.into())
-                    .map_err(|e| err(ErrorClass::Client, e.to_string()))?,
-            );
-        }
-        for m in messages {
-            let content = m.content.replace('\0', "");
-            chat.push(
-                LlamaChatMessage::new(role_name(m.role).into(), content)
-                    .map_err(|e| err(ErrorClass::Client, e.to_string()))?,
-            );
-        }
-        let prompt = self
-            .model
-            .apply_chat_template(&self.template, &chat, true)
-            .map_err(|e| err(ErrorClass::Client, format!("chat template failed: {e}")))?;
-        Ok(self.model.vocab().tokenize(prompt.as_bytes(), true, true))
-    }
-
-    /// Renders the prompt, dropping the oldest non-system messages until it
-    /// fits (holds invariant 5).
-    fn prompt(&self, request: &ChatRequest, n_ctx: usize) -> Result<Vec<LlamaToken>, LlmError> {
-        let budget = n_ctx.saturating_sub(request.max_tokens as usize).max(1);
-        let mut messages = request.messages.clone();
-        loop {
-            let tokens = self.render(&messages)?;
-            if tokens.len() <= budget {
-                return Ok(tokens);
-            }
-            let oldest = messages.iter().position(|m| m.role != Role::System);
-            match oldest {
-                Some(i) if messages.iter().filter(|m| m.role != Role::System).count() > 1 => {
-                    messages.remove(i);
-                }
-                _ => {
-                    return Err(err(
-                        ErrorClass::Client,
-                        format!(
-                            "prompt of {} tokens does not fit the {n_ctx}-token context with {} tokens to generate (fix: shorten the system prompt or raise the context size)",
-                            tokens.len(),
-                            request.max_tokens
-                        ),
-                    ))
-                }
-            }
-        }
-    }
-
-    fn sampler(&self, temperature: f32) -> LlamaSampler {
-        if temperature <= 0.0 {
-            return LlamaSampler::greedy();
-        }
-        let mut chain = Vec::new();
-        if self.options.top_k > 0 {
-            chain.push(LlamaSampler::top_k(self.options.top_k));
-        }
-        if self.options.top_p < 1.0 {
-            chain.push(LlamaSampler::top_p(self.options.top_p, 1));
-        }
-        chain.push(LlamaSampler::temp(temperature));
-        chain.push(LlamaSampler::dist(self.options.seed));
-        LlamaSampler::chain_simple(chain)
-    }
-
-    /// Runs one request; `Ok(None)` when the stream was dropped (invariant 3).
-    fn generate(
-        &mut self,
-        ctx: &mut LlamaContext<'_>,
-        request: &ChatRequest,
-        reply: &Reply,
-    ) -> Result<Option<ChatDelta>, LlmError> {
-        let n_ctx = ctx.n_ctx() as usize;
-        let tokens = self.prompt(request, n_ctx)?;
-        let started = Instant::now();
-
-        // Reuse the longest common prefix; at least one prompt token is
-        // decoded again so its logits exist.
-        let common = self
-            .cached
-            .iter()
-            .zip(&tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let mut keep = common.min(tokens.len().saturating_sub(1));
-        let removed = u32::try_from(keep)
-            .ok()
-            .and_then(|p0| ctx.clear_kv_cache_seq(Some(0), Some(p0), None).ok())
-            .unwrap_or(false);
-        if !removed {
-            ctx.clear_kv_cache();
-            keep = 0;
-        }
-        self.cached.truncate(keep);
-        self.stats
-            .prompt_tokens_reused
-            .fetch_add(keep as u64, Ordering::Relaxed);
-
-        // Prefill in batches; logits only for the last prompt token.
-        let n_batch = ctx.n_batch().max(1) as usize;
-        let mut batch = LlamaBatch::new(n_batch, 1);
-        let decode_err = |e: llama_cpp_2::DecodeError| {
-            err(ErrorClass::Other, format!("llama.cpp decode failed: {e}"))
-        };
-        let add_err = |e: llama_cpp_2::llama_batch::BatchAddError| {
-            err(ErrorClass::Other, format!("llama.cpp batch: {e}"))
-        };
-        let rest = &tokens[keep..];
-        for (chunk_index, chunk) in rest.chunks(n_batch).enumerate() {
-            if reply.is_closed() {
-                return Ok(None);
-            }
-            batch.clear();
-            let base = keep + chunk_index * n_batch;
-            for (i, &token) in chunk.iter().enumerate() {
-                let pos = base + i;
-                let last = pos + 1 == tokens.len();
-                batch.add(token, pos as i32, &[0], last).map_err(add_err)?;
-            }
-            ctx.decode(&mut batch).map_err(decode_err)?;
-            self.cached.extend_from_slice(chunk);
-        }
-        self.stats
-            .prompt_tokens_decoded
-            .fetch_add(rest.len() as u64, Ordering::Relaxed);
-        let prefill = started.elapsed();
-
-        let model = self.model;
-        let vocab = model.vocab();
-        let mut sampler = self.sampler(request.temperature);
-        let mut pending: Vec<u8> = Vec::new();
-        let mut generated = 0u32;
-        let mut reason = FinishReason::Length;
-        let mut logits_index = batch.n_tokens() - 1;
-        while generated < request.max_tokens {
-            if self.cached.len() >= n_ctx {
-                break;
-            }
-            let token = sampler.sample(ctx, logits_index);
-            if vocab.is_eog(token) {
-                reason = FinishReason::Stop;
-                break;
-            }
-            generated += 1;
-            pending.extend_from_slice(&vocab.token_to_piece(token, false, None));
-            let text = take_utf8(&mut pending);
-            if !text.is_empty() && reply.blocking_send(Ok(ChatDelta::Text(text))).is_err() {
-                return Ok(None);
-            }
-            // Holds invariant 3: no decode for a dropped stream.
-            if reply.is_closed() {
-                return Ok(None);
-            }
-            batch.clear();
-            batch
-                .add(token, self.cached.len() as i32, &[0], true)
-                .map_err(add_err)?;
-            ctx.decode(&mut batch).map_err(decode_err)?;
-            self.cached.push(token);
-            self.stats.tokens_generated.fetch_add(1, Ordering::Relaxed);
-            logits_index = 0;
-        }
-        if !pending.is_empty() {
-            let text = String::from_utf8_lossy(&pending).into_owned();
-            if reply.blocking_send(Ok(ChatDelta::Text(text))).is_err() {
-                return Ok(None);
-            }
-        }
-        let total = started.elapsed();
-        tracing::debug!(
-            model = "llama",
-            prompt_tokens = tokens.len(),
-            reused = keep,
-            prefill_ms = prefill.as_millis() as u64,
-            generated,
-            decode_tok_per_s = f64::from(generated) / (total - prefill).as_secs_f64().max(1e-9),
-            "embedded generation finished"
-        );
-        Ok(Some(ChatDelta::Finished {
-            reason,
-            usage: Some(Usage {
-                tokens_in: tokens.len() as u32,
-                tokens_out: generated,
-            }),
-        }))
-    }
-}
-
-/// Takes the longest valid UTF-8 prefix out of `bytes` (a token can end in
-/// the middle of a character); invalid bytes that cannot start a character
-/// are replaced.
-fn take_utf8(bytes: &mut Vec<u8>) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => {
-            let s = s.to_owned();
-            bytes.clear();
-            s
-        }
-        Err(e) if e.error_len().is_none() => {
-            // An incomplete character at the end: keep it for the next token.
-            let valid = e.valid_up_to();
-            let s = String::from_utf8_lossy(&bytes[..valid]).into_owned();
-            bytes.drain(..valid);
-            s
-        }
-        Err(_) => {
-            let s = String::from_utf8_lossy(bytes).into_owned();
-            bytes.clear();
-            s
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::generator::take_utf8;
     use super::*;
+    use crate::llm::ChatMessage;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn split_characters_wait_for_their_last_byte() {
@@ -693,6 +506,34 @@ mod tests {
         let reused = chat.stats().prompt_tokens_reused.load(Ordering::Relaxed) - before;
         // The system prompt alone is well over 40 tokens.
         assert!(reused > 40, "reused {reused} tokens");
+    }
+
+    /// Warm start: a prefilled system prompt is reused whole by the first
+    /// request, and prefilling it again decodes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prefilled_prefix_is_reused_by_the_first_turn() {
+        let Some(path) = model_or_skip() else { return };
+        let chat = LlamaChat::load(&path, LlamaOptions::default()).unwrap();
+        let system = [ChatMessage::system(VOICE_SYSTEM_PROMPT)];
+        let done = chat.prefill(&system).await.unwrap().unwrap();
+        assert!(done.tokens > 40, "{done:?}");
+        assert_eq!(done.reused, 0, "a fresh model has nothing cached");
+        let again = chat.prefill(&system).await.unwrap().unwrap();
+        assert_eq!(again.reused, again.tokens, "{again:?}");
+        let decoded = chat.stats().prompt_tokens_decoded.load(Ordering::Relaxed);
+        let (text, _) = answer(&chat, "What is the capital of France?").await;
+        assert!(!text.is_empty());
+        let reused = chat.stats().prompt_tokens_reused.load(Ordering::Relaxed);
+        let decoded_now = chat.stats().prompt_tokens_decoded.load(Ordering::Relaxed) - decoded;
+        assert!(
+            reused >= u64::from(done.tokens) * 2,
+            "the turn reused {reused} tokens in all"
+        );
+        // Only the user's message and the assistant's opening were new.
+        assert!(
+            decoded_now < 30,
+            "the turn decoded {decoded_now} prompt tokens"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

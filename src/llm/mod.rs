@@ -236,4 +236,22 @@ pub trait ChatModel: Send + Sync {
     fn model(&self) -> &str;
     /// Starts a streamed reply (holds invariant 1).
     async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LlmError>;
+
+    /// Warm start: loads a prompt prefix (system prompt and history, no
+    /// user turn yet) into the model's cache, so the next request that
+    /// starts with it only pays for its new tokens. Models without such a
+    /// cache (hosted ones) do nothing and return `Ok(None)`. Dropping the
+    /// future abandons the prefill.
+    async fn prefill(&self, _messages: &[ChatMessage]) -> Result<Option<Prefilled>, LlmError> {
+        Ok(None)
+    }
+}
+
+/// What a [`ChatModel::prefill`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Prefilled {
+    /// Tokens of the prefix.
+    pub tokens: u32,
+    /// Of which already in the cache (not decoded again).
+    pub reused: u32,
 }

@@ -17,6 +17,9 @@ impl Session {
         if self.pacing != Pacing::Charged {
             return false;
         }
+        if self.warm.must_wait(now_ms, self.cost_mode) {
+            return true;
+        }
         self.coordinator
             .running()
             .any(|(task, dispatched, started)| {
@@ -91,6 +94,10 @@ impl Session {
     }
 
     pub(super) fn deliver_due(&mut self) {
+        let now_ms = samples_to_ms(self.now);
+        if let Some(event) = self.warm.poll(now_ms, self.cost_mode, self.pacing) {
+            self.push_event(now_ms, event);
+        }
         if self.waiting.is_empty() {
             return;
         }

@@ -35,6 +35,7 @@ mod delivery;
 mod hold;
 mod utterance;
 pub use utterance::UtteranceBuffer;
+mod warm;
 // Echo control before the VAD (local devices transport): see src/echo/.
 use crate::echo::EchoControl;
 pub use crate::echo::{EchoGate, EchoStats};
@@ -136,6 +137,8 @@ pub struct Session {
     echo: Box<dyn EchoControl>,
     /// The end-of-turn judge's hold (hold.rs).
     hold: hold::Hold,
+    /// Warm start (prefill while the user speaks; warm.rs).
+    warm: warm::WarmStart,
 }
 
 impl Session {
@@ -160,6 +163,7 @@ impl Session {
             config.cost_mode,
             config.pacing,
         );
+        let warm = warm::WarmStart::new(agent.clone());
         let coordinator = Coordinator::new(
             config.coordinator.clone(),
             agent,
@@ -196,11 +200,13 @@ impl Session {
             cancel,
             echo: Box::new(EchoGate::new()),
             hold,
+            warm,
         })
     }
 
     /// Starts from committed history (resumed session).
     pub fn with_history(mut self, history: Vec<crate::llm::ChatMessage>) -> Self {
+        self.warm.set_history(history.clone());
         self.coordinator = self.coordinator.with_history(history);
         self
     }
@@ -275,6 +281,7 @@ impl Session {
     /// Processes every pending input frame and delivers due results.
     /// `on_user_frame` sees each frame as the pipeline heard it.
     pub fn process(&mut self, mut on_user_frame: impl FnMut(&AudioFrame)) {
+        self.warm.begin(self.now_ms());
         self.pull_input();
         self.receive();
         while let Some(frame) = self.frames.pop_front() {

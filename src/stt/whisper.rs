@@ -6,14 +6,19 @@
 //!
 //! # Invariants
 //! 1. One worker per backend, started on first use and kept warm; requests
-//!    are serialised (one encoder at a time).
-//! 2. Cancelling a transcription returns `SttError::Cancelled` at once; the
-//!    decode already sent to the worker runs to its end (≤ one decode, well
-//!    under a second) and is discarded, and the worker stays warm (holds
-//!    invariant 3 of `stt`). Killing it instead cost a respawn and a cold
-//!    first decode (≈ 3× slower) on the next turn — and speculative turns
-//!    (cancelled whenever the user goes on after a pause) made that common.
-//! 3. Blocking pipe I/O runs on `spawn_blocking`, never on the runtime's workers.
+//!    are serialised (one encoder at a time): a request holds the reply pipe
+//!    from sending to reading its reply.
+//! 2. Cancelling a transcription returns `SttError::Cancelled` at once and
+//!    sends the worker a cancel for that request's id: a running decode
+//!    stops at its next abort check (one ggml graph node, a few ms) and a
+//!    queued one is skipped, so the next request never waits behind a
+//!    cancelled one. The worker stays warm (holds invariant 3 of `stt`).
+//!    Killing it instead cost a respawn and a cold first decode (≈ 3×
+//!    slower), and letting the decode run out held the worker for up to a
+//!    second while the confirmed turn's decode waited behind it.
+//! 3. Cancels never wait for the reply pipe: they go through the request
+//!    pipe's own short lock.
+//! 4. Blocking pipe I/O runs on `spawn_blocking`, never on the runtime's workers.
 
 use super::{SpeechToText, SttError, Transcript};
 use crate::models::{ModelId, ModelStore};
@@ -21,6 +26,7 @@ use async_trait::async_trait;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 const SAMPLE_RATE: usize = 16_000;
 /// Name of the worker executable.
 pub const WORKER_BIN: &str = "colloquy-whisper";
+/// Message tags of the worker protocol (crates/whisper-worker/src/main.rs).
+const TAG_REQUEST: u8 = 1;
+const TAG_CANCEL: u8 = 2;
 
 /// How much audio the encoder sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,21 +92,47 @@ pub struct Decode {
     pub fell_back: bool,
     /// Time inside the worker.
     pub elapsed: Duration,
+    /// Abort checks (graph nodes) of other requests that ran while this one
+    /// waited in the worker's queue.
+    pub waited_checks: u64,
 }
 
-struct Pipes {
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+/// How a request ended in the worker.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Transcribed.
+    Text(Decode),
+    /// Stopped by a cancel: `running` when it had started (then
+    /// `checks_after_cancel` abort checks ran after the cancel arrived;
+    /// 1 = it stopped at the first one), else skipped in the queue.
+    Cancelled {
+        running: bool,
+        checks_after_cancel: u64,
+        elapsed: Duration,
+    },
 }
 
 /// Whisper tiny.en in a worker process.
 pub struct WhisperStt {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     model: PathBuf,
     worker: PathBuf,
     config: WhisperConfig,
-    /// The running worker's handle (killed on cancel, invariant 2).
-    child: Arc<Mutex<Option<Child>>>,
-    pipes: Arc<Mutex<Option<Pipes>>>,
+    /// The running worker (killed on drop).
+    child: Mutex<Option<Child>>,
+    /// The reply pipe; holding it serialises requests (invariant 1).
+    stdout: Mutex<Option<BufReader<ChildStdout>>>,
+    /// The request pipe, shared by requests and cancels (invariant 3).
+    stdin: Mutex<Option<ChildStdin>>,
+    next_id: AtomicU32,
+    /// Requests cancelled before they were sent: never sent (invariant 2).
+    cancelled: Mutex<std::collections::BTreeSet<u32>>,
+    /// Whether the worker aborts between graph nodes (else only after the
+    /// encoder and between decoder steps).
+    per_node_abort: AtomicBool,
 }
 
 fn model_err(path: &Path, reason: impl Into<String>) -> SttError {
@@ -144,25 +179,34 @@ impl WhisperStt {
             ))
         })?;
         let stt = Self {
-            model: path.to_path_buf(),
-            worker,
-            config,
-            child: Arc::new(Mutex::new(None)),
-            pipes: Arc::new(Mutex::new(None)),
+            inner: Arc::new(Inner {
+                model: path.to_path_buf(),
+                worker,
+                config,
+                child: Mutex::new(None),
+                stdout: Mutex::new(None),
+                stdin: Mutex::new(None),
+                next_id: AtomicU32::new(1),
+                cancelled: Mutex::new(std::collections::BTreeSet::new()),
+                per_node_abort: AtomicBool::new(false),
+            }),
         };
-        let mut pipes = stt
-            .pipes
-            .lock()
-            .map_err(|_| backend("worker lock poisoned"))?;
-        *pipes = Some(stt.spawn()?);
-        drop(pipes);
+        {
+            let mut stdout = stt
+                .inner
+                .stdout
+                .lock()
+                .map_err(|_| backend("worker lock poisoned"))?;
+            *stdout = Some(stt.inner.spawn()?);
+        }
         // The first decode of a fresh whisper.cpp context is about three
         // times slower than the next ones (buffers, first graph): pay it
         // here, at start, not in the caller's first turn.
         let warm: Vec<i16> = (0..SAMPLE_RATE)
             .map(|i| ((i * 7919 % 61) as i16) - 30)
             .collect();
-        request(&stt, &warm, stt.config.audio_ctx)?;
+        let id = stt.next_id();
+        stt.inner.request(id, &warm, stt.inner.config.audio_ctx)?;
         Ok(stt)
     }
 
@@ -174,7 +218,47 @@ impl WhisperStt {
         Self::load(&path, config)
     }
 
-    fn spawn(&self) -> Result<Pipes, SttError> {
+    /// Whether a cancel stops the worker between encoder graph nodes (Linux
+    /// builds) rather than only after the encoder.
+    pub fn aborts_per_node(&self) -> bool {
+        self.inner.per_node_abort.load(Ordering::Relaxed)
+    }
+
+    /// A fresh request id for [`WhisperStt::decode_id`] and [`WhisperStt::cancel`].
+    pub fn next_id(&self) -> u32 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// One request on the calling thread (blocking).
+    pub fn decode_blocking(&self, audio: &[i16], audio_ctx: AudioCtx) -> Result<Decode, SttError> {
+        match self.decode_id(self.next_id(), audio, audio_ctx)? {
+            Outcome::Text(d) => Ok(d),
+            Outcome::Cancelled { .. } => Err(SttError::Cancelled),
+        }
+    }
+
+    /// Request `id` on the calling thread (blocking): waits for the worker,
+    /// then for this request's reply. [`WhisperStt::cancel`] from another
+    /// thread stops it.
+    pub fn decode_id(
+        &self,
+        id: u32,
+        audio: &[i16],
+        audio_ctx: AudioCtx,
+    ) -> Result<Outcome, SttError> {
+        self.inner.check_input(audio)?;
+        self.inner.request(id, audio, audio_ctx)
+    }
+
+    /// Cancels request `id` (running or not yet started) without waiting
+    /// for anything (invariant 3). A cancel for a finished request is ignored.
+    pub fn cancel(&self, id: u32) {
+        self.inner.cancel(id);
+    }
+}
+
+impl Inner {
+    fn spawn(&self) -> Result<BufReader<ChildStdout>, SttError> {
         let mut child = Command::new(&self.worker)
             .arg("--model")
             .arg(&self.model)
@@ -203,10 +287,22 @@ impl WhisperStt {
             let _ = child.wait();
             return Err(backend(format!("worker said {line:?} instead of ready")));
         }
+        self.per_node_abort.store(
+            v.get("per_node_abort")
+                .and_then(|r| r.as_bool())
+                .unwrap_or(false),
+            Ordering::Relaxed,
+        );
         if let Ok(mut c) = self.child.lock() {
-            *c = Some(child);
+            if let Some(mut old) = c.replace(child) {
+                let _ = old.kill();
+                let _ = old.wait();
+            }
         }
-        Ok(Pipes { stdin, stdout })
+        if let Ok(mut s) = self.stdin.lock() {
+            *s = Some(stdin);
+        }
+        Ok(stdout)
     }
 
     fn check_input(&self, audio: &[i16]) -> Result<(), SttError> {
@@ -223,74 +319,115 @@ impl WhisperStt {
         Ok(())
     }
 
-    /// One request on the calling thread (blocking).
-    pub fn decode_blocking(&self, audio: &[i16], audio_ctx: AudioCtx) -> Result<Decode, SttError> {
-        self.check_input(audio)?;
-        request(self, audio, audio_ctx)
+    fn cancel(&self, id: u32) {
+        if let Ok(mut c) = self.cancelled.lock() {
+            c.insert(id);
+            // A cancel that raced its request's end stays behind: bounded.
+            while c.len() > 64 {
+                c.pop_first();
+            }
+        }
+        let mut msg = [0u8; 5];
+        msg[0] = TAG_CANCEL;
+        msg[1..].copy_from_slice(&id.to_le_bytes());
+        if let Ok(mut stdin) = self.stdin.lock() {
+            if let Some(pipe) = stdin.as_mut() {
+                // A dead worker is noticed by the request that reads its reply.
+                let _ = pipe.write_all(&msg).and_then(|_| pipe.flush());
+            }
+        }
     }
-}
 
-fn request(stt: &WhisperStt, audio: &[i16], ctx: AudioCtx) -> Result<Decode, SttError> {
-    let mut guard = stt
-        .pipes
-        .lock()
-        .map_err(|_| backend("worker lock poisoned"))?;
-    if guard.is_none() {
-        *guard = Some(stt.spawn()?);
-    }
-    let Some(pipes) = guard.as_mut() else {
-        return Err(backend("worker not running"));
-    };
-    let (fit, margin, min_frames) = match ctx {
-        AudioCtx::Full => (0u8, 0u32, 0u32),
-        AudioCtx::Fit {
-            margin_ms,
-            min_frames,
-        } => (1, margin_ms, min_frames),
-    };
-    let mut msg = Vec::with_capacity(13 + audio.len() * 2);
-    msg.extend_from_slice(&(audio.len() as u32).to_le_bytes());
-    msg.push(fit);
-    msg.extend_from_slice(&margin.to_le_bytes());
-    msg.extend_from_slice(&min_frames.to_le_bytes());
-    for s in audio {
-        msg.extend_from_slice(&s.to_le_bytes());
-    }
-    let mut line = String::new();
-    let io = pipes
-        .stdin
-        .write_all(&msg)
-        .and_then(|_| pipes.stdin.flush())
-        .and_then(|_| pipes.stdout.read_line(&mut line));
-    match io {
-        Ok(n) if n > 0 => {}
-        // The worker died (killed on cancel, or crashed): start anew next time.
-        _ => {
+    fn request(&self, id: u32, audio: &[i16], ctx: AudioCtx) -> Result<Outcome, SttError> {
+        // Holds invariant 1: the reply pipe is ours until our reply is read.
+        let mut guard = self
+            .stdout
+            .lock()
+            .map_err(|_| backend("worker lock poisoned"))?;
+        if guard.is_none() {
+            *guard = Some(self.spawn()?);
+        }
+        let Some(stdout) = guard.as_mut() else {
+            return Err(backend("worker not running"));
+        };
+        if self.cancelled.lock().is_ok_and(|mut c| c.remove(&id)) {
+            // Cancelled while it waited for the worker: never sent.
+            return Ok(Outcome::Cancelled {
+                running: false,
+                checks_after_cancel: 0,
+                elapsed: Duration::ZERO,
+            });
+        }
+        let (fit, margin, min_frames) = match ctx {
+            AudioCtx::Full => (0u8, 0u32, 0u32),
+            AudioCtx::Fit {
+                margin_ms,
+                min_frames,
+            } => (1, margin_ms, min_frames),
+        };
+        let mut msg = Vec::with_capacity(18 + audio.len() * 2);
+        msg.push(TAG_REQUEST);
+        msg.extend_from_slice(&id.to_le_bytes());
+        msg.extend_from_slice(&(audio.len() as u32).to_le_bytes());
+        msg.push(fit);
+        msg.extend_from_slice(&margin.to_le_bytes());
+        msg.extend_from_slice(&min_frames.to_le_bytes());
+        for s in audio {
+            msg.extend_from_slice(&s.to_le_bytes());
+        }
+        let sent = match self.stdin.lock() {
+            Ok(mut stdin) => match stdin.as_mut() {
+                Some(pipe) => pipe.write_all(&msg).and_then(|_| pipe.flush()).is_ok(),
+                None => false,
+            },
+            Err(_) => false,
+        };
+        let mut line = String::new();
+        let read = sent && matches!(stdout.read_line(&mut line), Ok(n) if n > 0);
+        if !read {
+            // The worker died (crashed, or killed): start anew next time.
             *guard = None;
             return Err(backend("the worker stopped"));
         }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| backend(format!("bad reply from the worker: {e}")))?;
+        if v.get("id").and_then(|i| i.as_u64()) != Some(u64::from(id)) {
+            // Out of step with the worker: restart it rather than misattribute.
+            *guard = None;
+            return Err(backend(format!("reply {line:?} is not for request {id}")));
+        }
+        if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+            return Err(backend(err.to_string()));
+        }
+        let ms = Duration::from_millis(v.get("ms").and_then(|m| m.as_u64()).unwrap_or(0));
+        if v.get("cancelled").and_then(|c| c.as_bool()) == Some(true) {
+            return Ok(Outcome::Cancelled {
+                running: v.get("at").and_then(|a| a.as_str()) == Some("running"),
+                checks_after_cancel: v
+                    .get("checks_after_cancel")
+                    .and_then(|c| c.as_u64())
+                    .unwrap_or(0),
+                elapsed: ms,
+            });
+        }
+        Ok(Outcome::Text(Decode {
+            text: v
+                .get("text")
+                .and_then(|t| t.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            frames: v.get("frames").and_then(|f| f.as_u64()).unwrap_or(0) as usize,
+            fell_back: v
+                .get("fell_back")
+                .and_then(|f| f.as_bool())
+                .unwrap_or(false),
+            elapsed: ms,
+            waited_checks: v.get("waited_checks").and_then(|w| w.as_u64()).unwrap_or(0),
+        }))
     }
-    let v: serde_json::Value = serde_json::from_str(&line)
-        .map_err(|e| backend(format!("bad reply from the worker: {e}")))?;
-    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
-        return Err(backend(err.to_string()));
-    }
-    Ok(Decode {
-        text: v
-            .get("text")
-            .and_then(|t| t.as_str())
-            .unwrap_or_default()
-            .to_string(),
-        frames: v.get("frames").and_then(|f| f.as_u64()).unwrap_or(0) as usize,
-        fell_back: v
-            .get("fell_back")
-            .and_then(|f| f.as_bool())
-            .unwrap_or(false),
-        elapsed: Duration::from_millis(v.get("ms").and_then(|m| m.as_u64()).unwrap_or(0)),
-    })
 }
 
-impl Drop for WhisperStt {
+impl Drop for Inner {
     fn drop(&mut self) {
         if let Ok(mut c) = self.child.lock() {
             if let Some(mut child) = c.take() {
@@ -315,37 +452,33 @@ impl SpeechToText for WhisperStt {
         if cancel.is_cancelled() {
             return Err(SttError::Cancelled);
         }
-        self.check_input(audio)?;
-        let job = WhisperStt {
-            model: self.model.clone(),
-            worker: self.worker.clone(),
-            config: self.config.clone(),
-            child: self.child.clone(),
-            pipes: self.pipes.clone(),
-        };
+        self.inner.check_input(audio)?;
+        let inner = Arc::clone(&self.inner);
         let audio = audio.to_vec();
-        let ctx = self.config.audio_ctx;
-        // Holds invariant 3.
-        let mut handle = tokio::task::spawn_blocking(move || {
-            let r = request(&job, &audio, ctx);
-            // `job` shares the worker; don't let its Drop kill it.
-            std::mem::forget(job);
-            r
-        });
-        let decode = tokio::select! {
+        let ctx = self.inner.config.audio_ctx;
+        let id = self.next_id();
+        // Holds invariant 4.
+        let mut handle = tokio::task::spawn_blocking(move || inner.request(id, &audio, ctx));
+        let outcome = tokio::select! {
             r = &mut handle => r.map_err(|e| backend(format!("inference thread failed: {e}")))??,
             _ = cancel.cancelled() => {
-                // Holds invariant 2: the decode in progress finishes on its
-                // blocking thread and its result is dropped; the warm worker
-                // stays (the next request waits for it, if it comes that soon).
+                // Holds invariant 2: the worker stops this request at its
+                // next abort check (or skips it); the blocking thread reads
+                // that reply and frees the worker for the next request.
+                self.inner.cancel(id);
                 drop(handle);
                 return Err(SttError::Cancelled);
             }
+        };
+        let decode = match outcome {
+            Outcome::Text(d) => d,
+            Outcome::Cancelled { .. } => return Err(SttError::Cancelled),
         };
         tracing::debug!(
             frames = decode.frames,
             fell_back = decode.fell_back,
             ms = decode.elapsed.as_millis() as u64,
+            waited_checks = decode.waited_checks,
             "whisper: transcribed"
         );
         Ok(Transcript { text: decode.text })

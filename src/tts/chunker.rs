@@ -26,6 +26,10 @@
 
 /// Default longest chunk, in characters (about two lines of speech).
 pub const DEFAULT_MAX_CHARS: usize = 180;
+/// The voice agent's eager first clause: the first chunk of a reply may end
+/// at a clause boundary once it holds this many characters
+/// ([`SentenceChunker::with_eager_first_clause`]).
+pub const EAGER_FIRST_CLAUSE_CHARS: usize = 24;
 /// The smallest useful `max_chars`; smaller values are raised to it.
 pub const MIN_MAX_CHARS: usize = 16;
 

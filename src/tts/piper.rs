@@ -19,6 +19,8 @@
 //!    model call; the caller gets [`TtsError::Cancelled`] at once and the
 //!    voice stays usable.
 //! 4. Every load error names the file that was wrong.
+//! 5. Loading runs the model twice (warm start), so a voice's first reply
+//!    costs what later replies cost.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -377,7 +379,7 @@ impl PiperTts {
                 ));
             }
         }
-        Ok(Self {
+        let voice = Self {
             inner: Arc::new(Inner {
                 session: Mutex::new(session),
                 config,
@@ -386,7 +388,24 @@ impl PiperTts {
                     .file_stem()
                     .map_or_else(|| "piper".into(), |s| s.to_string_lossy().into_owned()),
             }),
-        })
+        };
+        // Warm start: onnxruntime's first runs of a session allocate and
+        // plan (measured ≈ 2–3× a later run); pay them here, not in the
+        // first reply. Two lengths, so both short and long shapes are seen.
+        // On a thread of its own: `load` may be called inside an async
+        // context, where the espeak owner's blocking reply must not wait.
+        let run = RunOptions::new().map_err(|e| backend_error(format!("run options: {e}")))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for text in ["Hello.", "Hello there, this is a warm start of the voice."] {
+                    voice.synthesize_blocking(text, &CancellationToken::new(), &run)?;
+                }
+                Ok::<(), TtsError>(())
+            })
+            .join()
+            .map_err(|_| backend_error("the warm-up thread panicked"))?
+        })?;
+        Ok(voice)
     }
 
     /// Loads `<dir>/<voice>.onnx` and `<dir>/<voice>.onnx.json`.
