@@ -300,6 +300,8 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, _) => None,
     };
     build_agent(&args.pipeline)?;
+    // Routing knowledge is shared through the journal with the fleet.
+    config.telemetry = STACK.get().map(|s| s.telemetry.clone());
     let pipeline = args.pipeline.clone();
     let agents: AgentFactory = Arc::new(move || {
         build_agent(&pipeline).unwrap_or_else(|_| Arc::new(ParrotAgent) as Arc<dyn Agent>)

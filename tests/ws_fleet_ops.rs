@@ -7,7 +7,10 @@
 //!   `draining`, closes with 1012, and the committed turns are in the
 //!   journal; a second server on the same journal resumes the session;
 //! - two servers sharing one journal ("instances") never hold one session
-//!   at once: the second gets `session_in_use`.
+//!   at once: the second gets `session_in_use`;
+//! - the routers' telemetry is shared through the journal: what one
+//!   instance learned (saved at its shutdown) is merged into the next
+//!   instance's store at its start.
 //!
 //! # Invariants
 //! 1. No sleeps: every wait is for an expected answer, bounded.
@@ -191,5 +194,35 @@ async fn two_servers_on_one_journal_never_hold_one_session_at_once() {
         assert!(std::time::Instant::now() < deadline, "never released");
     }
     a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_instance_starts_with_the_routing_telemetry_the_fleet_saved() {
+    use colloquy::llm::telemetry::{Telemetry, WindowConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = journal_path(&dir);
+    let learned = Telemetry::empty(WindowConfig::default());
+    learned.record_success(
+        "fleet-host/fast-model",
+        Some(Duration::from_millis(120)),
+        None,
+    );
+    let a = server(&journal, |c| c.telemetry = Some(learned.clone())).await;
+    // A's shutdown saves its snapshot (the drain ends with a last save).
+    a.stop().await;
+
+    let fresh = Telemetry::empty(WindowConfig::default());
+    assert!(!fresh.to_snapshot().contains("fast-model"));
+    let b = server(&journal, |c| c.telemetry = Some(fresh.clone())).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !fresh.to_snapshot().contains("fleet-host/fast-model") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never merged A's telemetry: {}",
+            fresh.to_snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     b.stop().await;
 }

@@ -19,8 +19,8 @@
 //!    dropped, and what was spoken is what the turn commits.
 
 use super::flow::FlowReply;
-use super::served::Served;
 use super::guard::{ReplyCap, ReplyGuard};
+use super::served::Served;
 use super::{Agent, Payload, Reporter, TurnJob};
 use crate::audio::wav::mono_i16_to_16k;
 use crate::flows::{Flow, FlowState};

@@ -145,6 +145,53 @@ impl ServerJournal {
         self.writer.close(wait).await
     }
 
+    /// Shares the routers' telemetry fleet-wide: merges what every
+    /// instance saved within `window` into `telemetry` at start, then saves
+    /// this instance's snapshot every `every` and once more at `stop`, so a
+    /// new instance starts with what the fleet has learned. A store that
+    /// fails is logged and tried again next time (routing goes on locally).
+    pub async fn share_telemetry(
+        self: Arc<Self>,
+        telemetry: crate::llm::telemetry::Telemetry,
+        window: Duration,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        match self.store.load_telemetry(window).await {
+            Ok(snapshots) => {
+                let merged = snapshots
+                    .iter()
+                    .filter(|s| telemetry.merge_snapshot(s).is_ok())
+                    .count();
+                tracing::info!(
+                    snapshots = merged,
+                    "routing telemetry merged from the fleet"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "journal: could not load the fleet's telemetry"),
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let last = tokio::select! {
+                _ = stop.cancelled() => true,
+                _ = tick.tick() => false,
+            };
+            let snapshot = telemetry.to_snapshot();
+            if let Err(e) = self
+                .store
+                .save_telemetry(&self.settings.instance_id, &snapshot)
+                .await
+            {
+                tracing::warn!(error = %e, "journal: could not save the routing telemetry");
+            }
+            if last {
+                return;
+            }
+        }
+    }
+
     /// Renews this server's leases every third of their time to live, until
     /// `stop`; a lease the store no longer extends is reported lost to its
     /// connection (invariant 1). A store that fails is retried next beat

@@ -42,8 +42,8 @@ pub mod fleet;
 pub mod gate;
 pub mod journal;
 mod limits;
-mod origin;
 pub mod metrics;
+mod origin;
 pub mod protocol;
 
 use crate::agent::Agent;
@@ -152,6 +152,9 @@ pub struct ServeConfig {
     pub resume_wait: Duration,
     /// Fleet settings: leases, journal retries, drain (`fleet`).
     pub fleet: fleet::FleetConfig,
+    /// The routers' telemetry, shared through the journal with the other
+    /// instances (merged at start, saved every 30 s and at shutdown).
+    pub telemetry: Option<crate::llm::telemetry::Telemetry>,
 }
 
 impl ServeConfig {
@@ -175,9 +178,15 @@ impl ServeConfig {
             journal: None,
             resume_wait: Duration::from_secs(2),
             fleet: fleet::FleetConfig::default(),
+            telemetry: None,
         }
     }
 }
+
+/// How far back the fleet's telemetry snapshots are merged at start.
+const TELEMETRY_WINDOW: Duration = Duration::from_secs(3600);
+/// How often this instance saves its telemetry snapshot to the journal.
+const TELEMETRY_EVERY: Duration = Duration::from_secs(30);
 
 /// A random 128-bit token as 32 hex digits.
 pub fn generate_token() -> String {
@@ -342,8 +351,17 @@ impl Server {
             stop.cancel();
         });
         let beat = CancellationToken::new();
+        let mut shared_telemetry = None;
         if let Some(j) = &shared.journal {
             tokio::spawn(j.clone().heartbeat(beat.clone()));
+            if let Some(t) = shared.config.telemetry.clone() {
+                shared_telemetry = Some(tokio::spawn(j.clone().share_telemetry(
+                    t,
+                    TELEMETRY_WINDOW,
+                    TELEMETRY_EVERY,
+                    beat.clone(),
+                )));
+            }
         }
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let send_buffer = shared.config.send_buffer;
@@ -368,6 +386,10 @@ impl Server {
             }
         }
         beat.cancel();
+        if let Some(task) = shared_telemetry {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let _ = tokio::time::timeout(left.max(Duration::from_millis(500)), task).await;
+        }
         Ok(())
     }
 }
