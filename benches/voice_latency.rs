@@ -370,7 +370,21 @@ fn main() {
                     _ => {}
                 }
             }
-            all.extend(turns(&report, built));
+            let answered = turns(&report, built);
+            for t in &answered {
+                println!(
+                    "turn: voice={} {} {:<5} endpoint {:>5?} stt {:>5?} token {:>5?} audio {:>5} sound {:>5?}",
+                    voice.trim(),
+                    path.file_stem().and_then(|s| s.to_str()).unwrap_or("?"),
+                    if t.first { "first" } else { "later" },
+                    t.endpoint,
+                    t.stt,
+                    t.token,
+                    t.audio_event,
+                    t.sound
+                );
+            }
+            all.extend(answered);
         }
         println!(
             "summary: voice={} conversations={count} (fresh session each) turns answered={} of {}; longest spoken reply {:.1} s",

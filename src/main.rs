@@ -68,6 +68,10 @@ struct PipelineArgs {
     /// llama.cpp decode threads (1 measured best beside TTS on 2 cores).
     #[arg(long, default_value_t = 1)]
     llm_threads: usize,
+    /// llama.cpp prompt-prefill threads (2: the prompt is prefilled when the
+    /// other stages are idle).
+    #[arg(long, default_value_t = colloquy::agent::stack::DEFAULT_PREFILL_THREADS)]
+    llm_prefill_threads: usize,
     /// Whisper threads.
     #[arg(long, default_value_t = 2)]
     stt_threads: usize,
@@ -436,6 +440,7 @@ fn build_agent(args: &PipelineArgs) -> anyhow::Result<Arc<dyn Agent>> {
                             None => None,
                         },
                         llm_threads: args.llm_threads,
+                        llm_prefill_threads: Some(args.llm_prefill_threads),
                         stt_threads: args.stt_threads,
                         stt_window: args.stt_window,
                         flow: Some(Arc::new(match &args.flow {

@@ -98,7 +98,7 @@ pub struct ReplyGuard {
     stopped: bool,
 }
 
-fn is_sentence_end(chunk: &str) -> bool {
+pub(crate) fn is_sentence_end(chunk: &str) -> bool {
     chunk
         .trim_end_matches(['"', '\'', ')', ']', '”', '’', '»'])
         .ends_with(['.', '!', '?', '…'])
@@ -168,6 +168,14 @@ impl ReplyGuard {
             tokens: 0,
             stopped: false,
         }
+    }
+
+    /// Lets the first chunk end after its first `words` words
+    /// ([`SentenceChunker::with_eager_first_words`]).
+    #[must_use]
+    pub fn with_eager_first_words(mut self, words: usize) -> Self {
+        self.chunker = self.chunker.with_eager_first_words(words);
+        self
     }
 
     /// Whether the reply was stopped.

@@ -139,6 +139,7 @@ impl Agent for VoiceAgent {
             reporter,
             epoch: job.epoch,
             spoke: false,
+            after_cut: false,
             served: Served::default(),
         };
         let stt = self.stt.clone();
@@ -211,6 +212,8 @@ struct Turn {
     epoch: u64,
     /// Audio was reported (no model restart any more, invariant 2).
     spoke: bool,
+    /// The last chunk spoken was cut mid-sentence (eager first words).
+    after_cut: bool,
     /// Which model served each stage (reported for the journal).
     served: Served,
 }
@@ -244,7 +247,8 @@ impl Turn {
 
     /// Speaks a fixed line, sentence by sentence.
     async fn say(&mut self, line: &str) -> Step {
-        let mut chunker = SentenceChunker::new(self.options.max_chunk_chars);
+        let mut chunker = SentenceChunker::new(self.options.max_chunk_chars)
+            .with_eager_first_words(crate::tts::chunker::EAGER_FIRST_WORDS);
         let mut sentences = chunker.push(line);
         sentences.extend(chunker.finish());
         for sentence in sentences {
@@ -281,7 +285,17 @@ impl Turn {
                 return Step::Stop;
             }
         };
+        // The voice's silent pad before a reply's first chunk is latency, and
+        // around a mid-sentence cut it is a pause the sentence lacks.
+        let cut = !super::guard::is_sentence_end(&sentence);
+        let edges = crate::tts::edges::Edges {
+            lead_ms: (!self.spoke || self.after_cut).then_some(10),
+            tail_ms: cut.then_some(40),
+        };
+        let audio =
+            crate::tts::edges::trim_edges(&audio, crate::frame::SAMPLE_RATE, edges).to_vec();
         self.spoke = true;
+        self.after_cut = cut;
         if self.reporter.send(Payload::Speech {
             text: sentence,
             audio: audio.into(),
@@ -311,11 +325,16 @@ impl Turn {
             self.options.reply_cap,
             flow.as_ref().and_then(|(f, state, ..)| state.current(f)),
         );
-        let mut chunker = ReplyGuard::new(
-            cap,
-            self.options.max_chunk_chars,
-            Some(crate::tts::chunker::EAGER_FIRST_CLAUSE_CHARS),
-        );
+        let max_chunk_chars = self.options.max_chunk_chars;
+        let eager = move || {
+            ReplyGuard::new(
+                cap,
+                max_chunk_chars,
+                Some(crate::tts::chunker::EAGER_FIRST_CLAUSE_CHARS),
+            )
+            .with_eager_first_words(crate::tts::chunker::EAGER_FIRST_WORDS)
+        };
+        let mut chunker = eager();
         let mut tool_call = None;
         let mut cut = false;
         loop {
@@ -344,11 +363,7 @@ impl Turn {
                 }
                 Some(TurnItem::Restart { .. }) => {
                     // Holds invariant 2.
-                    chunker = ReplyGuard::new(
-                        cap,
-                        self.options.max_chunk_chars,
-                        Some(crate::tts::chunker::EAGER_FIRST_CLAUSE_CHARS),
-                    );
+                    chunker = eager();
                     tool_call = None;
                     continue;
                 }

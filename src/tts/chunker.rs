@@ -7,7 +7,9 @@
 //! maximum is cut at the last clause boundary (`,` `;` `:` or a dash followed
 //! by whitespace) or, failing that, the last word boundary inside the limit.
 //! Optionally the first chunk of a reply may end at a clause boundary
-//! ([`SentenceChunker::with_eager_first_clause`]) so speech starts sooner.
+//! ([`SentenceChunker::with_eager_first_clause`]) or after its first few
+//! words ([`SentenceChunker::with_eager_first_words`]) so speech starts
+//! sooner.
 //!
 //! # Invariants
 //! 1. Nothing is lost or invented: the chunks, joined with spaces, equal the
@@ -30,6 +32,12 @@ pub const DEFAULT_MAX_CHARS: usize = 180;
 /// at a clause boundary once it holds this many characters
 /// ([`SentenceChunker::with_eager_first_clause`]).
 pub const EAGER_FIRST_CLAUSE_CHARS: usize = 24;
+/// The voice agent's eager first words: the first chunk of a reply may end
+/// at the word boundary after this many words (Piper needs ≈ 170 ms for 4
+/// words against ≈ 340 ms for 12: `VOICE_LATENCY_PIPER_CHUNKS=1 cargo bench
+/// --bench voice_latency`; and the model's tokens for the rest of the
+/// sentence are not waited for).
+pub const EAGER_FIRST_WORDS: usize = 4;
 /// The smallest useful `max_chars`; smaller values are raised to it.
 pub const MIN_MAX_CHARS: usize = 16;
 
@@ -81,6 +89,8 @@ pub struct SentenceChunker {
     max_chars: usize,
     /// See [`SentenceChunker::with_eager_first_clause`].
     eager_first: Option<usize>,
+    /// See [`SentenceChunker::with_eager_first_words`].
+    eager_words: Option<usize>,
     /// Whether a chunk of the current reply was yielded already.
     yielded: bool,
 }
@@ -99,6 +109,7 @@ impl SentenceChunker {
             buf: String::new(),
             max_chars: max_chars.max(MIN_MAX_CHARS),
             eager_first: None,
+            eager_words: None,
             yielded: false,
         }
     }
@@ -110,6 +121,17 @@ impl SentenceChunker {
     #[must_use]
     pub fn with_eager_first_clause(mut self, min_chars: usize) -> Self {
         self.eager_first = Some(min_chars);
+        self
+    }
+
+    /// Lets the first chunk of each reply end at the word boundary after
+    /// its first `words` words (never right after an abbreviation or an
+    /// initial), when no sentence or clause ended before: the model's tokens
+    /// for the rest of a long first sentence are not waited for, and the
+    /// voice synthesises a short chunk. Later chunks are whole sentences.
+    #[must_use]
+    pub fn with_eager_first_words(mut self, words: usize) -> Self {
+        self.eager_words = Some(words.max(1));
         self
     }
 
@@ -166,6 +188,11 @@ impl SentenceChunker {
             if let (Some(min), false) = (self.eager_first, self.yielded) {
                 if let Some(clause) = self.first_clause_end(min) {
                     sentence = Some(sentence.map_or(clause, |s| s.min(clause)));
+                }
+            }
+            if let (Some(n), false) = (self.eager_words, self.yielded) {
+                if let Some(words) = self.first_words_end(n) {
+                    sentence = Some(sentence.map_or(words, |s| s.min(words)));
                 }
             }
             match sentence {
@@ -256,6 +283,46 @@ impl SentenceChunker {
             }
             match chars.peek() {
                 Some(&(at, next)) if next.is_whitespace() => return Some(start + at),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Byte offset of the end of the `n`-th word or a later one, once
+    /// whitespace follows it, never right after an abbreviation or an
+    /// initial (holds invariants 3–4), nor after a word a sentence can't end
+    /// on ("of", "the", "my": [`crate::eot::words::DANGLING`], so the cut
+    /// sounds like a phrase), nor once a word pair repeats (a looping reply
+    /// is left whole to the reply guard).
+    fn first_words_end(&self, n: usize) -> Option<usize> {
+        let buf = self.buf.as_str();
+        let mut words: Vec<String> = Vec::new();
+        let mut word_start: Option<usize> = None;
+        for (i, c) in buf.char_indices() {
+            match (c.is_whitespace(), word_start) {
+                (false, None) => word_start = Some(i),
+                (true, Some(from)) => {
+                    word_start = None;
+                    let word = &buf[from..i];
+                    let key: String = word
+                        .chars()
+                        .filter(|c| c.is_alphanumeric())
+                        .flat_map(char::to_lowercase)
+                        .collect();
+                    words.push(key);
+                    let pair = |k: usize| (&words[k], &words[k + 1]);
+                    let last = words.len() - 1;
+                    if last >= 1 && (0..last - 1).any(|k| pair(k) == pair(last - 1)) {
+                        return None;
+                    }
+                    let after_abbreviation =
+                        word.ends_with('.') && is_abbreviation(word.trim_end_matches('.'));
+                    let dangling = crate::eot::words::DANGLING.contains(&words[last].as_str());
+                    if words.len() >= n && !after_abbreviation && !dangling {
+                        return Some(i);
+                    }
+                }
                 _ => {}
             }
         }
@@ -457,6 +524,35 @@ mod tests {
     }
 
     #[test]
+    fn the_first_chunk_can_end_after_its_first_words() {
+        let mut c = SentenceChunker::default().with_eager_first_words(4);
+        assert!(c.push("The capital of").is_empty());
+        // The fourth word is complete once whitespace follows it.
+        assert!(c.push(" France").is_empty());
+        assert_eq!(c.push(" is"), vec!["The capital of France"]);
+        assert_eq!(
+            c.push(" Paris. It is old. "),
+            vec!["is Paris.", "It is old."]
+        );
+        assert!(c.finish().is_empty());
+        // A short first sentence ends first; never right after "Mr.", nor
+        // on a word a sentence can't end on.
+        assert_eq!(c.push("Yes. Hello there "), vec!["Yes."]);
+        assert!(c.finish().len() == 1);
+        let mut c = SentenceChunker::default().with_eager_first_words(2);
+        assert_eq!(c.push("Ask Mr. Smith now "), vec!["Ask Mr. Smith"]);
+        c.clear();
+        let mut c = SentenceChunker::default().with_eager_first_words(4);
+        assert_eq!(
+            c.push("I would like to book a table "),
+            vec!["I would like to book"]
+        );
+        // A repeating phrase is never cut eagerly.
+        let mut c = SentenceChunker::default().with_eager_first_words(4);
+        assert!(c.push("The front of the front of the front ").is_empty());
+    }
+
+    #[test]
     fn the_first_chunk_can_end_at_a_clause() {
         let mut c = SentenceChunker::default().with_eager_first_clause(12);
         assert!(c.push("Well, the capital of France").is_empty());
@@ -557,12 +653,16 @@ mod tests {
             cuts in prop::collection::vec(0usize..2000, 0..40),
             max in 40usize..200,
             eager in prop::option::of(1usize..60),
+            words in prop::option::of(1usize..8),
         ) {
             let deltas = split_at(&text, &cuts);
             let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
             let mut chunker = SentenceChunker::new(max);
             if let Some(min) = eager {
                 chunker = chunker.with_eager_first_clause(min);
+            }
+            if let Some(n) = words {
+                chunker = chunker.with_eager_first_words(n);
             }
             let chunks = chunk_all_with(&refs, chunker);
 
@@ -602,13 +702,18 @@ mod tests {
             (_tokens, text) in text(),
             cuts in prop::collection::vec(0usize..2000, 0..40),
             eager in prop::option::of(1usize..60),
+            words in prop::option::of(1usize..8),
         ) {
             let deltas = split_at(&text, &cuts);
             let refs: Vec<&str> = deltas.iter().map(String::as_str).collect();
             let chunker = || {
                 let c = SentenceChunker::new(120);
-                match eager {
+                let c = match eager {
                     Some(min) => c.with_eager_first_clause(min),
+                    None => c,
+                };
+                match words {
+                    Some(n) => c.with_eager_first_words(n),
                     None => c,
                 }
             };

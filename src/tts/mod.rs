@@ -9,6 +9,7 @@
 //!    classified error (status, retry-after) the router cools down on.
 
 pub mod chunker;
+pub mod edges;
 pub mod espeak;
 #[cfg(feature = "embedded")]
 pub mod piper;
