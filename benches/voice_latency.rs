@@ -24,6 +24,8 @@
 //! `cargo bench --bench voice_latency` (needs `colloquy models fetch`).
 //! `VOICE_LATENCY_VOICES=piper` (or `espeak`) runs one voice;
 //! `VOICE_LATENCY_CONVERSATIONS=N` the first N conversations;
+//! `VOICE_LATENCY_TURN=smart|silence` the end-of-turn mode (default: the
+//! session's default);
 //! `VOICE_LATENCY_PIPER_CHUNKS=1` prints only Piper's cost per chunk length.
 //! Under `cargo test --all-targets` it only checks that it starts.
 
@@ -282,6 +284,18 @@ fn piper_chunk_costs(store: &ModelStore) {
     }
 }
 
+/// The session settings: the defaults, with `VOICE_LATENCY_TURN=smart|silence`
+/// choosing the end-of-turn mode.
+fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::default();
+    match std::env::var("VOICE_LATENCY_TURN").as_deref() {
+        Ok("smart") => config.eot.mode = colloquy::eot::TurnMode::Smart,
+        Ok("silence") => config.eot.mode = colloquy::eot::TurnMode::Silence,
+        _ => {}
+    }
+    config
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("voice_latency: run with `cargo bench --bench voice_latency`");
@@ -355,7 +369,7 @@ fn main() {
             let report = replay(
                 &opts,
                 stack.agent(runtime.handle().clone()),
-                SessionConfig::default(),
+                session_config(),
             )
             .expect("replay");
             let mut started = None;

@@ -31,10 +31,13 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum TurnMode {
     /// Silence only: the turn ends `endpoint_ms` after the last voiced frame.
-    #[default]
     Silence,
     /// The end-of-turn judge: words and the Smart Turn audio model may hold
-    /// a turn past the endpoint (up to the backstop) or end it sooner.
+    /// a turn past the endpoint (up to the backstop) or end it sooner. The
+    /// default, chosen by the README's end-of-turn table (`cargo bench
+    /// --bench eot`): no cut-offs at mid-sentence pauses for the voice
+    /// agent, no false holds, voice to voice not worse.
+    #[default]
     Smart,
 }
 
