@@ -3,7 +3,7 @@
 //! and against a fresh PostgreSQL database (the server
 //! `scripts/fleet-test.sh` starts; skipped without it, a failure with
 //! `COLLOQUY_REQUIRE_PG=1`). Turns are written through the store trait, as
-//! `serve` writes them, with the model that answered each.
+//! `serve` writes them, with the models that served each stage.
 //!
 //! # Invariants
 //! 1. Each check reads what was written (ids, counts, texts, models), so a
@@ -14,6 +14,11 @@ use colloquy::llm::ChatMessage;
 use colloquy::turn::{CommittedRound, TurnTiming};
 use std::path::Path;
 use std::process::Command;
+
+/// Which model served each stage (`agent::served` labels, as the voice
+/// agent writes them): all embedded, then hosted with a TTS fallback.
+const M0: &str = "stt=embedded/whisper-tiny.en llm=embedded/smollm2 tts=embedded/piper";
+const M1: &str = "stt=openai/whisper-1 llm=openai/gpt-test tts=openai/tts-1+embedded/piper";
 
 fn round(user: &str, assistant: &str, model: &str) -> CommittedRound {
     CommittedRound {
@@ -57,21 +62,11 @@ async fn the_commands_read(location: &str, backend: &str) {
         .await
         .expect("session");
     store
-        .append_turn(
-            &id,
-            0,
-            &round("capital of France?", "Paris.", "embedded/smollm2"),
-            None,
-        )
+        .append_turn(&id, 0, &round("capital of France?", "Paris.", M0), None)
         .await
         .expect("turn 0");
     store
-        .append_turn(
-            &id,
-            1,
-            &round("and Germany?", "Berlin.", "openai/gpt-test"),
-            None,
-        )
+        .append_turn(&id, 1, &round("and Germany?", "Berlin.", M1), None)
         .await
         .expect("turn 1");
     drop(store);
@@ -87,15 +82,15 @@ async fn the_commands_read(location: &str, backend: &str) {
     let (ok, out, err) = colloquy(cwd.path(), location, &["sessions"]);
     assert!(ok && out.contains(&id), "{out}{err}");
 
-    // The waterfall names the model that answered each turn.
+    // The waterfall names the model that served each stage of each turn.
     let (ok, out, err) = colloquy(cwd.path(), location, &["trace", &id]);
     assert!(ok, "trace on {backend}: {err}");
     assert!(
-        out.contains("turn 1 (epoch 1) model embedded/smollm2"),
+        out.contains(&format!("turn 1 (epoch 1) model {M0}\n")),
         "{out}"
     );
     assert!(
-        out.contains("turn 2 (epoch 1) model openai/gpt-test"),
+        out.contains(&format!("turn 2 (epoch 1) model {M1}\n")),
         "{out}"
     );
     assert!(out.contains("assistant: Berlin."), "{out}");
@@ -103,7 +98,7 @@ async fn the_commands_read(location: &str, backend: &str) {
     let (ok, out, err) = colloquy(cwd.path(), location, &["trace", &id, "--json"]);
     assert!(ok, "{err}");
     let turns: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!(turns[1]["model"], "openai/gpt-test", "{out}");
+    assert_eq!(turns[1]["model"], M1, "{out}");
     let (ok, _, err) = colloquy(cwd.path(), location, &["trace", "0000000000000000"]);
     assert!(!ok && err.contains("no session 0000000000000000"), "{err}");
 

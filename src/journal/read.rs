@@ -44,7 +44,8 @@ pub fn sessions_table(sessions: &[SessionSummary]) -> String {
 }
 
 /// `colloquy trace ID`: the session's turns as a waterfall (each turn names
-/// the model that answered it), then the flows' stored values.
+/// the model that served each stage, `agent::served`), then the flows'
+/// stored values.
 pub async fn trace_text(store: &dyn Store, session: &str) -> Result<String, JournalError> {
     let turns = store.turns(session).await?;
     let mut out = render_trace(&turns);
