@@ -29,7 +29,9 @@
 //! Memory per session is the server's RSS delta (before the clients, at the
 //! end) divided by N.
 //!
-//! Run: `cargo bench --bench ws_load` (env `WS_LOAD_SESSIONS`, `WS_LOAD_SECS`).
+//! Run: `cargo bench --bench ws_load` (env `WS_LOAD_SESSIONS`, `WS_LOAD_SECS`;
+//! `WS_LOAD_JOURNAL` names the servers' journal, e.g. a `postgres://` URL;
+//! `scripts/ws-load-journals.sh` runs SQLite and PostgreSQL side by side).
 //! Under `cargo test` (no `--bench` argument) it runs one tiny step (2
 //! sessions, 2 s) to check that it works.
 
@@ -321,8 +323,19 @@ fn main() {
     } else {
         "parrot agent"
     };
+    // WS_LOAD_JOURNAL: the journal every step's server writes (default: a
+    // SQLite file in a temporary directory; `scripts/ws-load-journals.sh`
+    // runs both backends against a temporary PostgreSQL).
+    let journal = match std::env::var("WS_LOAD_JOURNAL") {
+        Ok(j) => match colloquy::journal::JournalLocation::parse(&j) {
+            Ok(colloquy::journal::JournalLocation::Postgres(_)) => "PostgreSQL (WS_LOAD_JOURNAL)",
+            Ok(colloquy::journal::JournalLocation::Sqlite(_)) => "SQLite (WS_LOAD_JOURNAL)",
+            Err(e) => panic!("WS_LOAD_JOURNAL: {e}"),
+        },
+        Err(_) => "SQLite (a temporary file)",
+    };
     println!(
-        "ws_load: {cores} core(s), {agent}, {secs} s per step, audio {} ({:.1} s, looped)",
+        "ws_load: {cores} core(s), {agent}, journal on {journal}, {secs} s per step, audio {} ({:.1} s, looped)",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
         audio.len() as f64 / 16_000.0
     );

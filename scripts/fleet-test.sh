@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The fleet tests with the real parts (issue 15): a PostgreSQL from Debian's
 # packages (initdb in a temporary directory, loopback, a free port), then
-#  - the journal tests on both backends (tests/journal_store.rs, tests/ws_journal.rs),
+#  - the journal tests on both backends (tests/journal_store.rs, tests/ws_journal.rs,
+#    tests/journal_cli.rs: sessions, trace and status),
 #  - two `colloquy serve` instances behind HAProxy (config from docs/deploy.md,
 #    verbatim) driven by tests/fleet.rs: kill -9 mid-reply, a lease refused
-#    then expired, a rolling restart, PostgreSQL restarted during a call.
+#    then expired, a rolling restart, PostgreSQL restarted during a call,
+#  - the talk page in headless Chromium through the same setup
+#    (tests/browser/fleet.test.mjs): a turn, a reload while the holder is
+#    drained, the session resumed on the other instance, one more turn.
 # Everything started here is stopped at the end, by pid.
 #   scripts/fleet-test.sh            (test.sh runs it; needs root for initdb as `postgres`)
 set -euo pipefail
@@ -55,4 +59,31 @@ export COLLOQUY_FLEET_PG_START="runuser -u postgres -- $PGBIN/pg_ctl -D $D/data 
 export COLLOQUY_FLEET_DEPLOY_DOC="$PWD/docs/deploy.md"
 
 printf '\n==> journal tests on SQLite and PostgreSQL, then two instances behind HAProxy\n'
-cargo test --release --locked --test journal_store --test ws_journal --test fleet -- --nocapture
+cargo test --release --locked --test journal_store --test journal_cli --test ws_journal --test fleet -- --nocapture
+
+printf '\n==> the talk page through HAProxy: a reload lands on the other instance (headless Chromium)\n'
+chromium_bin=${CHROMIUM:-/usr/bin/chromium}
+missing=""
+for need in "$chromium_bin" node npm sox; do
+  command -v "$need" >/dev/null || missing="$missing $need"
+done
+if [ -n "$missing" ]; then
+  if [ "${CI:-}" = true ]; then
+    echo "error: the fleet browser test needs$missing (scripts/setup.sh --test installs them)" >&2
+    exit 1
+  fi
+  echo "skipped: missing$missing (scripts/setup.sh --test installs them)"
+  exit 0
+fi
+as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" colloquy_browser
+# The microphone: one question, then silence (Chromium starts the file again
+# for the reloaded page's new capture stream).
+sox assets/speech/q-france.wav -r 16000 -c 1 -b 16 "$D/q.wav"
+sox -n -r 16000 -c 1 -b 16 "$D/tail.wav" trim 0 8
+sox "$D/q.wav" "$D/tail.wav" "$D/mic.wav"
+mkdir -p "$D/browser"
+root=$PWD
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error &&
+  node fleet.test.mjs --bin "$COLLOQUY_BIN" --mic "$D/mic.wav" --out "$D/browser" \
+    --pg "postgres://postgres@127.0.0.1:$PGPORT/colloquy_browser" \
+    --deploy-doc "$root/docs/deploy.md" --chromium "$chromium_bin")

@@ -169,6 +169,8 @@ enum Command {
     },
     /// List the sessions in the journal.
     Sessions {
+        /// A SQLite path (or sqlite:PATH) or postgres://USER@HOST:PORT/DB
+        /// (password from PGPASSWORD).
         #[arg(long, env = "COLLOQUY_JOURNAL")]
         journal: Option<PathBuf>,
         /// Print JSON instead of a table.
@@ -179,6 +181,8 @@ enum Command {
     Trace {
         /// Session id (see `colloquy sessions`).
         session: String,
+        /// A SQLite path (or sqlite:PATH) or postgres://USER@HOST:PORT/DB
+        /// (password from PGPASSWORD).
         #[arg(long, env = "COLLOQUY_JOURNAL")]
         journal: Option<PathBuf>,
         /// Print JSON instead of the waterfall.
@@ -187,6 +191,8 @@ enum Command {
     },
     /// Show the LLM telemetry store and a summary of the journal.
     Status {
+        /// A SQLite path (or sqlite:PATH) or postgres://USER@HOST:PORT/DB
+        /// (password from PGPASSWORD).
         #[arg(long, env = "COLLOQUY_JOURNAL")]
         journal: Option<PathBuf>,
     },
@@ -400,11 +406,6 @@ fn print_rounds(rounds: &[colloquy::turn::CommittedRound]) {
     }
 }
 
-fn open_journal(path: Option<PathBuf>) -> anyhow::Result<colloquy::journal::Journal> {
-    let path = path.unwrap_or_else(colloquy::journal::Journal::default_path);
-    Ok(colloquy::journal::Journal::open(&path)?)
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Handle> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt.handle().clone());
@@ -545,21 +546,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sessions { journal, json } => {
-            let j = open_journal(journal)?;
-            let sessions = j.sessions()?;
+            let sessions = runtime()?.block_on(async {
+                colloquy::journal::read::open(journal.as_deref())
+                    .await?
+                    .sessions()
+                    .await
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sessions)?);
             } else {
-                println!(
-                    "{:<18} {:>6} {:>6} {:>6}  {:<8} source",
-                    "session", "turns", "interr", "quar", "agent"
-                );
-                for s in sessions {
-                    println!(
-                        "{:<18} {:>6} {:>6} {:>6}  {:<8} {}",
-                        s.id, s.turns, s.interruptions, s.quarantined, s.agent, s.source
-                    );
-                }
+                print!("{}", colloquy::journal::read::sessions_table(&sessions));
             }
             Ok(())
         }
@@ -568,19 +564,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             journal,
             json,
         } => {
-            let j = open_journal(journal)?;
-            let turns = j.turns(&session)?;
+            let rt = runtime()?;
+            let store = rt.block_on(colloquy::journal::read::open(journal.as_deref()))?;
             if json {
+                let turns = rt.block_on(store.turns(&session))?;
                 println!("{}", serde_json::to_string_pretty(&turns)?);
             } else {
-                print!("{}", colloquy::journal::render_trace(&turns));
-                let stored = j.kv(&session)?;
-                if !stored.is_empty() {
-                    println!("stored (kv_set):");
-                    for (key, value) in stored {
-                        println!("  {key} = {value}");
-                    }
-                }
+                print!(
+                    "{}",
+                    rt.block_on(colloquy::journal::read::trace_text(&*store, &session))?
+                );
             }
             Ok(())
         }
@@ -592,26 +585,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 _ => println!("routing telemetry: no store yet (it is written every 30 s and when a session ends)"),
             }
-            let j = open_journal(journal)?;
-            let sessions = j.sessions()?;
-            let mut v2v = Vec::new();
-            let (mut turns, mut interruptions, mut quarantined) = (0, 0, 0);
-            for s in &sessions {
-                turns += s.turns;
-                interruptions += s.interruptions;
-                quarantined += s.quarantined;
-                v2v.extend(j.turns(&s.id)?.iter().filter_map(|t| t.voice_to_voice_ms()));
-            }
-            let p = |q| {
-                colloquy::journal::percentile(&v2v, q)
-                    .map_or("—".to_string(), |v| format!("{v} ms"))
-            };
-            println!(
-                "journal ({}): {} sessions, {turns} turns, {interruptions} interruptions, {quarantined} quarantined results; voice-to-voice p50 {} p95 {}",
-                j.path().display(),
-                sessions.len(),
-                p(50.0),
-                p(95.0)
+            let rt = runtime()?;
+            let store = rt.block_on(colloquy::journal::read::open(journal.as_deref()))?;
+            print!(
+                "{}",
+                rt.block_on(colloquy::journal::read::status_text(
+                    &*store,
+                    std::time::Duration::from_secs(3600)
+                ))?
             );
             Ok(())
         }

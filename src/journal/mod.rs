@@ -33,6 +33,7 @@
 pub mod fault;
 pub mod location;
 pub mod postgres;
+pub mod read;
 pub mod session;
 pub mod sqlite_store;
 pub mod store;
@@ -245,7 +246,7 @@ impl Journal {
             other => {
                 return Err(JournalError::Location {
                     location: other.to_string(),
-                    cause: "this command keeps a SQLite journal; PostgreSQL is used by `colloquy serve`, `sessions`, `trace` and `status` (fix: give a file path)".into(),
+                    cause: "`replay` and `run` keep a SQLite journal on this machine; a PostgreSQL journal is for `serve` (and is read by `sessions`, `trace` and `status`) (fix: give a file path or sqlite:PATH)".into(),
                 })
             }
         };
