@@ -43,10 +43,11 @@ if (!BIN || !SPEECH) {
   console.error('usage: node heard.test.mjs --bin PATH/colloquy --speech assets/speech [--out DIR] [--gap S]');
   process.exit(2);
 }
-// Silence between the question and the second voice: the reply starts
-// about a second after the question ends, so the cut lands 1.5-4.5 s into
-// the 13 s sentence.
-const GAP_S = args.gap ? Number(args.gap) : 2.5 + Math.random() * 3;
+// Silence between the question and the second voice: the reply started
+// 0.1-0.3 s after the question ended in our runs and the cut landed 2.6-5.7 s
+// into the 12.3 s sentence for gaps of 2.5-5.5 s; from 3 s, a reply up to
+// ~2.5 s late is still cut after its second word.
+const GAP_S = args.gap ? Number(args.gap) : 3 + Math.random() * 3;
 
 const { started, failures, log, check } = reporter();
 
