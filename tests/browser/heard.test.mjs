@@ -43,10 +43,10 @@ if (!BIN || !SPEECH) {
   console.error('usage: node heard.test.mjs --bin PATH/colloquy --speech assets/speech [--out DIR] [--gap S]');
   process.exit(2);
 }
-// Silence between the question and the second voice: the reply started
-// 0.1-0.3 s after the question ended in our runs and the cut landed 2.6-5.7 s
-// into the 12.3 s sentence for gaps of 2.5-5.5 s; from 3 s, a reply up to
-// ~2.5 s late is still cut after its second word.
+// Silence between the question and the second voice: for gaps of 2.5-5.5 s
+// the cut landed 2.6-5.7 s into the 12.3 s sentence in our runs (the cut
+// sits about the gap into the reply); from 3 s, a reply that starts up to
+// 2 s later than that is still cut after its second word (0.94 s).
 const GAP_S = args.gap ? Number(args.gap) : 3 + Math.random() * 3;
 
 const { started, failures, log, check } = reporter();
