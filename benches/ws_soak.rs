@@ -16,9 +16,14 @@
 //!   runs with `--send-buffer 8192`, so its writes to them block). Reports the
 //!   well-behaved sessions' frames later than 20 ms in each run.
 //! - `soak`: `WS_SOAK_SESSIONS` (50) sessions for `WS_SOAK_SECS` (1800) s.
-//!   Reports frames, late frames, replies, and the server's RSS and CPU
-//!   sampled every 10 s, with the RSS slope (KiB/min) and the late frames
-//!   of each tenth of the run.
+//!   Reports frames, late frames, replies, committed turns, and the
+//!   server's RSS and CPU sampled every 10 s, with the RSS slope after the
+//!   first minute per minute and per committed turn, and the late frames
+//!   of each tenth of the run. `WS_SOAK_GENERATIONS=G` splits the run into
+//!   G generations of fresh sessions, one after the other on the same
+//!   server, and reports the RSS once each generation's sessions closed:
+//!   memory held by live sessions (their history) is freed and reused by
+//!   the next generation, while a leak keeps growing across them.
 //!
 //! Run: `cargo bench --bench ws_soak` (both), `WS_SOAK_MODE=slow|soak`;
 //! short mode: `WS_SOAK_SHORT=1` (slow: 5 s; soak: 10 sessions, 60 s).
@@ -29,6 +34,7 @@ use futures::{SinkExt, StreamExt};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -148,7 +154,13 @@ fn frame_bytes(audio: &[i16], pos: &mut usize) -> Vec<u8> {
 }
 
 /// A well-behaved session: streams in real time, times every bot frame.
-async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64) -> SessionResult {
+async fn run_session(
+    url: String,
+    audio: Arc<Vec<i16>>,
+    offset: usize,
+    secs: u64,
+    committed: Arc<AtomicU64>,
+) -> SessionResult {
     let mut r = SessionResult::default();
     let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
         Ok(x) => x,
@@ -204,6 +216,9 @@ async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64
                         let s = t.as_str();
                         if s.contains("\"bot_started_speaking\"") || s.contains("\"clear_playback\"") {
                             new_burst = true;
+                        }
+                        if s.contains("\"type\":\"committed\"") {
+                            committed.fetch_add(1, Ordering::Relaxed);
                         }
                         if s.contains("\"type\":\"error\"") {
                             r.failed = Some(format!("error event: {s}"));
@@ -327,7 +342,13 @@ fn slow(audio: &Arc<Vec<i16>>, short: bool) {
             let tasks: Vec<_> = (0..sessions)
                 .map(|i| {
                     let offset = audio.len() * (2 * i + 1) / (2 * sessions.max(1));
-                    tokio::spawn(run_session(server.url.clone(), audio.clone(), offset, secs))
+                    tokio::spawn(run_session(
+                        server.url.clone(),
+                        audio.clone(),
+                        offset,
+                        secs,
+                        Arc::new(AtomicU64::new(0)),
+                    ))
                 })
                 .collect();
             let mut out = Vec::new();
@@ -350,67 +371,115 @@ fn slow(audio: &Arc<Vec<i16>>, short: bool) {
 fn soak(audio: &Arc<Vec<i16>>, short: bool) {
     let sessions = env_u64("WS_SOAK_SESSIONS", if short { 10 } else { 50 }) as usize;
     let secs = env_u64("WS_SOAK_SECS", if short { 60 } else { 1800 });
+    let generations = env_u64("WS_SOAK_GENERATIONS", 1).max(1);
+    let gen_secs = (secs / generations).max(1);
     let mut server = start_server();
     let pid = server.child.id();
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = proc_status(pid, "VmRSS:");
     let cpu0 = cpu_secs(pid);
     println!(
-        "soak: {sessions} sessions for {secs} s in real time (server RSS at start {rss0} KiB)"
+        "soak: {sessions} sessions for {secs} s in real time, in {generations} generation(s) \
+         of {gen_secs} s (server RSS at start {rss0} KiB)"
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let (results, samples) = rt.block_on(async {
-        let tasks: Vec<_> = (0..sessions)
-            .map(|i| {
-                let offset = audio.len() * i / sessions.max(1);
-                tokio::spawn(run_session(server.url.clone(), audio.clone(), offset, secs))
-            })
-            .collect();
+    let committed = Arc::new(AtomicU64::new(0));
+    let (results, samples, ends) = rt.block_on(async {
+        let turns = committed.clone();
         let sampler = tokio::spawn(async move {
             let t0 = Instant::now();
             let mut samples = Vec::new();
-            while t0.elapsed() < Duration::from_secs(secs) {
+            while t0.elapsed() < Duration::from_secs(gen_secs * generations) {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                samples.push((
-                    t0.elapsed().as_secs_f64() / 60.0,
-                    proc_status(pid, "VmRSS:"),
-                    cpu_secs(pid),
-                ));
+                samples.push(Sample {
+                    minutes: t0.elapsed().as_secs_f64() / 60.0,
+                    rss_kib: proc_status(pid, "VmRSS:"),
+                    turns: turns.load(Ordering::Relaxed),
+                });
             }
             samples
         });
         let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap_or_default());
+        // (RSS once the generation's sessions closed, turns so far).
+        let mut ends = Vec::new();
+        for g in 0..generations as usize {
+            let tasks: Vec<_> = (0..sessions)
+                .map(|i| {
+                    let offset = audio.len() * ((i + g) % sessions.max(1)) / sessions.max(1);
+                    tokio::spawn(run_session(
+                        server.url.clone(),
+                        audio.clone(),
+                        offset,
+                        gen_secs,
+                        committed.clone(),
+                    ))
+                })
+                .collect();
+            for t in tasks {
+                out.push(t.await.unwrap_or_default());
+            }
+            // The closes reach the server and its sessions end.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            ends.push((
+                proc_status(pid, "VmRSS:"),
+                committed.load(Ordering::Relaxed),
+            ));
         }
-        (out, sampler.await.unwrap_or_default())
+        (out, sampler.await.unwrap_or_default(), ends)
     });
-    let cpu = (cpu_secs(pid) - cpu0) / secs as f64 * 100.0;
+    let cpu = (cpu_secs(pid) - cpu0) / (gen_secs * generations) as f64 * 100.0;
     let _ = server.child.kill();
     let _ = server.child.wait();
     let t = totals(&results);
-    // RSS from the second minute on (sessions and allocator warm).
-    let rss: Vec<(f64, f64)> = samples
+    // From the second minute on (sessions and allocator warm).
+    let warm: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.0 >= 1.0 || secs < 120)
-        .map(|s| (s.0, s.1 as f64))
+        .filter(|s| s.minutes >= 1.0 || secs < 120)
+        .collect();
+    let by_minute: Vec<(f64, f64)> = warm.iter().map(|s| (s.minutes, s.rss_kib as f64)).collect();
+    let by_turn: Vec<(f64, f64)> = warm
+        .iter()
+        .map(|s| (s.turns as f64, s.rss_kib as f64))
         .collect();
     println!(
-        "frames {} late>20ms {} max late {:.1} ms replies {} failed {}",
-        t.frames, t.late, t.max_late_ms, t.replies, t.failed
+        "frames {} late>20ms {} max late {:.1} ms replies {} committed turns {} failed {}",
+        t.frames,
+        t.late,
+        t.max_late_ms,
+        t.replies,
+        committed.load(Ordering::Relaxed),
+        t.failed
     );
-    println!("late frames by tenth of the run: {:?}", t.late_by_tenth);
     println!(
-        "server RSS {} -> {} KiB, slope {:.1} KiB/min; CPU {:.1} % of a core",
+        "late frames by tenth of each generation's run: {:?}",
+        t.late_by_tenth
+    );
+    println!(
+        "server RSS {} -> {} KiB, slope after the first minute {:.1} KiB/min, \
+         {:.2} KiB per committed turn; CPU {:.1} % of a core",
         rss0,
-        samples.last().map_or(rss0, |s| s.1),
-        slope(&rss),
+        samples.last().map_or(rss0, |s| s.rss_kib),
+        slope(&by_minute),
+        slope(&by_turn),
         cpu
     );
+    for (g, (rss, turns)) in ends.iter().enumerate() {
+        println!(
+            "after generation {} (its sessions closed): server RSS {rss} KiB, {turns} turns committed so far",
+            g + 1
+        );
+    }
+}
+
+/// The server's RSS and the turns committed so far, every 10 s.
+struct Sample {
+    minutes: f64,
+    rss_kib: u64,
+    turns: u64,
 }
 
 fn main() {

@@ -17,8 +17,8 @@ else
   COLLOQUY_BIN=$COLLOQUY_BIN_PREBUILT
 fi
 chromium_bin=${CHROMIUM:-/usr/bin/chromium}
-for need in "$chromium_bin" node npm sox; do
-  command -v "$need" >/dev/null || { echo "browser test: $need is missing (Debian: apt-get install -y chromium nodejs npm sox)" >&2; exit 2; }
+for need in "$chromium_bin" node npm sox espeak-ng; do
+  command -v "$need" >/dev/null || { echo "browser test: $need is missing (Debian: apt-get install -y chromium nodejs npm sox espeak-ng)" >&2; exit 2; }
 done
 
 work=$(mktemp -d)
@@ -36,6 +36,14 @@ cd tests/browser
 npm ci --no-audit --no-fund --loglevel=error
 node talk.test.mjs --bin "$COLLOQUY_BIN" --mic "$work/mic.wav" --out "$work" \
   --screenshot "$root/docs/screenshot.png" --chromium "$chromium_bin"
+
+# Heard means heard: the voice agent on hosted models the test serves itself
+# (a reply of espeak-ng words with known timings); a second voice cuts in at
+# a random point of the sentence and the committed text must end within one
+# word of where the page stopped (needs espeak-ng; no models).
+mkdir -p "$work/heard"
+node heard.test.mjs --bin "$COLLOQUY_BIN" --speech "$root/assets/speech" --out "$work/heard" \
+  --chromium "$chromium_bin"
 
 # A phone booking on the embedded models and flows/restaurant.toml (needs
 # `colloquy models fetch`): the caller answers each question, then confirms

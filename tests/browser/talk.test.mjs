@@ -12,9 +12,11 @@
 //   4. the transcript shows both sides, with the interrupted reply marked,
 //   5. after a reload the page resumes its conversation: the server's
 //      `history` is drawn in the transcript (the journal's committed turns),
-//   6. heard means heard: the page reported its playout position (`played`,
-//      and at the clear where it stopped), and the committed text of the cut
-//      reply ends within one word of where the page stopped,
+//   6. heard means heard, coarsely: the page reported its playout position
+//      (`played`, and at the clear where it stopped), and the committed text
+//      of the cut reply ends within one word of where the page stopped (the
+//      parrot's text has 4 words over the whole reply, so this only catches
+//      gross errors; heard.test.mjs is the word-accurate test),
 // and saves a screenshot of the page (docs/screenshot.png).
 //
 // Usage: node talk.test.mjs --bin PATH/colloquy --mic FILE.wav --out DIR
