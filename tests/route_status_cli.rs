@@ -51,7 +51,13 @@ fn serve_saves_the_store_at_shutdown_and_status_lists_untried_candidates() {
     let log = dir.path().join("serve.log");
     let out = std::fs::File::create(&log).expect("log");
     let mut child = colloquy(dir.path())
-        .args(["serve", "--token", "t", "--bind", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--token",
+            "t",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
         .args(["--llm", &format!("{BASE}::chat-a")])
         .args(["--llm", &format!("{BASE}::chat-b")])
         .args(["--stt", &format!("{BASE}::whisper-a")])
@@ -85,7 +91,21 @@ fn serve_saves_the_store_at_shutdown_and_status_lists_untried_candidates() {
         .status()
         .expect("kill -TERM");
     assert!(term.success());
-    let status = child.wait().expect("serve exits");
+    // Bounded so a hung shutdown fails instead of hanging the suite.
+    let since = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if since.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!(
+                "serve did not exit within 60 s of SIGTERM: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let served_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "serve exited with {status}: {served_log}");
 

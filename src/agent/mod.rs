@@ -13,11 +13,11 @@
 //! 3. An agent checks its cancellation token between steps (per token, per
 //!    sentence) and stops promptly.
 
+use crate::frame::CancelSignal;
 use crate::llm::ChatMessage;
 use crossbeam_channel::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use crate::frame::CancelSignal;
 
 pub mod flow;
 pub mod guard;

@@ -26,10 +26,10 @@ use crate::audio::wav::mono_i16_to_16k;
 use crate::flows::{Flow, FlowState};
 use crate::frame::CancelReason;
 use crate::frame::CancelSignal;
-use crate::route::Notes;
 use crate::llm::router::{Router, TurnItem};
 use crate::llm::span::SpanEvent;
 use crate::llm::{ChatDelta, ChatMessage, ChatRequest, Role, ToolCall};
+use crate::route::Notes;
 use crate::stt::SpeechToText;
 use crate::tts::chunker::SentenceChunker;
 use crate::tts::TextToSpeech;
@@ -164,7 +164,10 @@ impl Agent for VoiceAgent {
                 return;
             }
             // 1. STT.
-            let text = match stt.transcribe_served(&job.user_audio, turn.cancel.token()).await {
+            let text = match stt
+                .transcribe_served(&job.user_audio, turn.cancel.token())
+                .await
+            {
                 Ok((t, model)) => {
                     turn.served.set_stt(&model);
                     turn.report_routes();
@@ -273,7 +276,11 @@ impl Turn {
 
     /// Synthesises one sentence and reports it (invariant 3: one at a time).
     async fn speak(&mut self, sentence: String) -> Step {
-        let speech = match self.tts.synthesize_served(&sentence, self.cancel.token()).await {
+        let speech = match self
+            .tts
+            .synthesize_served(&sentence, self.cancel.token())
+            .await
+        {
             Ok((s, voice)) => {
                 self.report_routes();
                 if self.served.add_tts(&voice) {

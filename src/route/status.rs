@@ -183,7 +183,10 @@ mod tests {
         assert!(text.starts_with("STAGE"), "{text}");
         assert!(text.contains("cooling down (3.0 s)"), "{text}");
         assert!(text.contains("75%"), "{text}");
-        assert!(text.contains("tts:h/tts-1") && text.contains("untried"), "{text}");
+        assert!(
+            text.contains("tts:h/tts-1") && text.contains("untried"),
+            "{text}"
+        );
         // The cooldown passes: the failed model is recovering until a success.
         let later = rows(&s, 6_000);
         assert_eq!(later[1].state, CandidateState::Recovering);
