@@ -13,11 +13,11 @@
 //! 3. An agent checks its cancellation token between steps (per token, per
 //!    sentence) and stops promptly.
 
+use crate::frame::CancelSignal;
 use crate::llm::ChatMessage;
 use crossbeam_channel::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 pub mod flow;
 pub mod guard;
@@ -40,7 +40,9 @@ pub struct TurnJob {
     /// The user's utterance, 16 kHz mono, with any earlier speech of this
     /// turn that was not answered yet (the user went on talking) before it.
     pub user_audio: Arc<[i16]>,
-    pub cancel: CancellationToken,
+    /// The job token: cancelled with its reason (barge-in, shutdown), which
+    /// the job's legs and spans report (`frame::CancelSignal`).
+    pub cancel: CancelSignal,
     /// The call just started and the agent speaks first (`user_audio` is
     /// empty): see [`Agent::greets`].
     pub greeting: bool,
@@ -65,6 +67,9 @@ pub enum Payload {
     /// Which model served each stage so far (for the journal; the label of
     /// [`served::Served`]); the last one sent counts.
     Model(String),
+    /// What a routed stage's race did (which candidate won, whether and
+    /// when a hedge started): the coordinator puts it in `turn_latency`.
+    Route(crate::route::RouteNote),
     /// A speakable chunk: its text and its audio at 16 kHz.
     Speech { text: String, audio: Arc<[i16]> },
     /// A tool call and its result, as one unit (never one without the other).
@@ -88,6 +93,7 @@ impl Payload {
             Payload::Transcript(_) => "transcript",
             Payload::Token(_) => "token",
             Payload::Model(_) => "model",
+            Payload::Route(_) => "route",
             Payload::Speech { .. } => "speech",
             Payload::Tool { .. } => "tool",
             Payload::EndCall => "end_call",

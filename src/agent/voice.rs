@@ -25,10 +25,11 @@ use super::{Agent, Payload, Reporter, TurnJob};
 use crate::audio::wav::mono_i16_to_16k;
 use crate::flows::{Flow, FlowState};
 use crate::frame::CancelReason;
-use crate::llm::leg::CancelSignal;
+use crate::frame::CancelSignal;
 use crate::llm::router::{Router, TurnItem};
 use crate::llm::span::SpanEvent;
 use crate::llm::{ChatDelta, ChatMessage, ChatRequest, Role, ToolCall};
+use crate::route::Notes;
 use crate::stt::SpeechToText;
 use crate::tts::chunker::SentenceChunker;
 use crate::tts::TextToSpeech;
@@ -141,9 +142,13 @@ impl Agent for VoiceAgent {
             spoke: false,
             after_cut: false,
             served: Served::default(),
+            notes: Notes::default(),
         };
         let stt = self.stt.clone();
-        self.runtime.spawn(async move {
+        let notes = turn.notes.clone();
+        // The routers record their races in this turn's notes (route note
+        // invariant 3); the turn reports them to the coordinator.
+        self.runtime.spawn(notes.scope(async move {
             let mut turn = turn;
             if job.greeting {
                 // The call starts: the initial node's line (Agent::greets).
@@ -160,9 +165,13 @@ impl Agent for VoiceAgent {
                 return;
             }
             // 1. STT.
-            let text = match stt.transcribe_served(&job.user_audio, &turn.cancel).await {
+            let text = match stt
+                .transcribe_served(&job.user_audio, turn.cancel.token())
+                .await
+            {
                 Ok((t, model)) => {
                     turn.served.set_stt(&model);
+                    turn.report_routes();
                     t.text.trim().to_string()
                 }
                 Err(crate::stt::SttError::Cancelled) => return,
@@ -190,7 +199,7 @@ impl Agent for VoiceAgent {
             if step == Step::Go {
                 turn.reporter.send(Payload::Done);
             }
-        });
+        }));
     }
 }
 
@@ -207,7 +216,8 @@ struct Turn {
     tts: Arc<dyn TextToSpeech>,
     router: Arc<Router>,
     options: Arc<VoiceOptions>,
-    cancel: tokio_util::sync::CancellationToken,
+    /// The job token: its reason reaches the LLM legs' spans.
+    cancel: CancelSignal,
     reporter: Reporter,
     epoch: u64,
     /// Audio was reported (no model restart any more, invariant 2).
@@ -216,9 +226,18 @@ struct Turn {
     after_cut: bool,
     /// Which model served each stage (reported for the journal).
     served: Served,
+    /// The routers' races of this turn, reported as they are decided.
+    notes: Notes,
 }
 
 impl Turn {
+    /// Reports the races decided since the last call (for `turn_latency`).
+    fn report_routes(&self) {
+        for note in self.notes.take() {
+            self.reporter.send(Payload::Route(note));
+        }
+    }
+
     /// A flow turn: plan, run the fired function's tool, answer.
     async fn flow_turn(&mut self, flow: &Arc<Flow>, history: &[ChatMessage], text: &str) -> Step {
         let now = crate::tools::time::now_local();
@@ -261,8 +280,13 @@ impl Turn {
 
     /// Synthesises one sentence and reports it (invariant 3: one at a time).
     async fn speak(&mut self, sentence: String) -> Step {
-        let speech = match self.tts.synthesize_served(&sentence, &self.cancel).await {
+        let speech = match self
+            .tts
+            .synthesize_served(&sentence, self.cancel.token())
+            .await
+        {
             Ok((s, voice)) => {
+                self.report_routes();
                 if self.served.add_tts(&voice) {
                     self.reporter.send(Payload::Model(self.served.label()));
                 }
@@ -315,7 +339,9 @@ impl Turn {
         request: ChatRequest,
         flow: Option<(&Arc<Flow>, FlowState, &[ChatMessage], &str)>,
     ) -> Step {
-        let signal = CancelSignal::new(self.cancel.clone(), CancelReason::BargeIn);
+        // The router's legs are children of the job token: a barge-in or a
+        // shutdown reaches their spans with its own reason.
+        let signal = self.cancel.clone();
         let deadline = tokio::time::Instant::now() + self.options.turn_budget;
         let mut reply = self
             .router
@@ -343,6 +369,8 @@ impl Turn {
                 _ = self.cancel.cancelled() => return Step::Stop,
                 item = reply.next() => item,
             };
+            // The LLM race was decided before its first item came.
+            self.report_routes();
             let mut finished = !matches!(item, Some(TurnItem::Delta(_)));
             let sentences = match item {
                 Some(TurnItem::Delta(ChatDelta::Text(t))) => {
@@ -395,6 +423,10 @@ impl Turn {
                 break;
             }
         }
+        // The agent stops reading (a guard cut, or the reply is over): a leg
+        // still streaming ends `reply_ended`, not as the user's or the
+        // operator's doing.
+        reply.cancel(CancelReason::ReplyEnded);
         drop(reply);
         match (tool_call, flow) {
             (Some(call), Some((flow, mut state, history, text))) => {

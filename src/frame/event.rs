@@ -19,7 +19,9 @@ pub enum Speaker {
 
 /// Why an in-flight task was cancelled. Each reason is distinct on purpose:
 /// a barge-in is the user's doing, a shutdown the operator's, a deadline the
-/// turn's budget, a lost hedge the router's (another model answered first).
+/// turn's budget, a lost hedge the router's (another model answered first),
+/// a reply ended the agent's (it stopped reading a model's stream: the reply
+/// guard cut a looping or over-long reply, or speaking it failed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
@@ -27,6 +29,7 @@ pub enum CancelReason {
     Shutdown,
     Deadline,
     HedgeLost,
+    ReplyEnded,
 }
 
 /// One thing that happened on the control plane.
@@ -123,6 +126,11 @@ pub enum Event {
         stt_ms: Option<u64>,
         first_token_ms: Option<u64>,
         first_audio_ms: u64,
+        /// What each routed stage's race did up to the first audio (which
+        /// candidate won, which started as probe, hedge or fallback, and
+        /// when): `route::note`. Empty when every stage has one candidate.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        routes: Vec<crate::route::RouteNote>,
     },
     /// The session's warm start finished (`agent::warm`): the system
     /// prompt and history are in the model's cache (`tokens`, of which

@@ -9,9 +9,11 @@
 //! 3. `Display` for [`Event`] prints only the event's kind, never its payload
 //!    (transcripts and prompts are personal data).
 
+mod cancel;
 mod clock;
 mod event;
 
+pub use cancel::CancelSignal;
 pub use clock::{Clock, RealClock, VirtualClock};
 pub use event::{CancelReason, Event, EventKind, Speaker, TimedEvent};
 

@@ -27,11 +27,10 @@ use crate::llm::{ChatDelta, ChatModel, ChatRequest, ErrorClass, LlmError, Price}
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 
 /// Timing knobs of a leg (milliseconds in config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,68 +54,7 @@ impl Default for LegTimeouts {
     }
 }
 
-/// A cancellation token with the reason it was cancelled for.
-#[derive(Clone, Debug)]
-pub struct CancelSignal {
-    token: CancellationToken,
-    reason: Arc<OnceLock<CancelReason>>,
-    default_reason: CancelReason,
-    parent: Option<Arc<CancelSignal>>,
-}
-
-impl CancelSignal {
-    /// A signal over `token`; a cancel of the token (or a parent of it)
-    /// without a recorded reason reads as `default_reason`.
-    pub fn new(token: CancellationToken, default_reason: CancelReason) -> Self {
-        Self {
-            token,
-            reason: Arc::new(OnceLock::new()),
-            default_reason,
-            parent: None,
-        }
-    }
-
-    /// A child: cancelled with this signal (reading its reason), and
-    /// cancellable on its own without touching this one.
-    pub fn child(&self) -> Self {
-        Self {
-            token: self.token.child_token(),
-            reason: Arc::new(OnceLock::new()),
-            default_reason: self.default_reason,
-            parent: Some(Arc::new(self.clone())),
-        }
-    }
-
-    /// Cancels with `reason` (the first reason given wins).
-    pub fn cancel(&self, reason: CancelReason) {
-        let _ = self.reason.set(reason);
-        self.token.cancel();
-    }
-
-    /// The token (for `select!` elsewhere).
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    /// The reason, once cancelled.
-    pub fn reason(&self) -> CancelReason {
-        match (self.reason.get(), &self.parent) {
-            (Some(r), _) => *r,
-            (None, Some(p)) if p.is_cancelled() => p.reason(),
-            (None, _) => self.default_reason,
-        }
-    }
-
-    /// Waits for the cancel and returns its reason.
-    pub async fn cancelled(&self) -> CancelReason {
-        self.token.cancelled().await;
-        self.reason()
-    }
-}
+pub use crate::frame::CancelSignal;
 
 /// What a leg sends to its consumer.
 #[derive(Clone, Debug, PartialEq)]

@@ -24,7 +24,10 @@
 //!    Once audio played the turn ends with `Failed`, and the consumer ends
 //!    the reply cleanly with what was said.
 //! 5. The consumer gets exactly one of `Done`, `Failed` or `Cancelled` last;
-//!    a cancel carries its reason (barge-in, shutdown, deadline).
+//!    a cancel carries its reason (barge-in, shutdown, deadline). The
+//!    reason comes with the cancel itself (`frame::CancelSignal`): the job
+//!    token's reason reaches every leg; a reply dropped while its turn was
+//!    not cancelled ends its legs `reply_ended`.
 
 use crate::frame::CancelReason;
 use crate::llm::config::{key_env, resolve_key, ConfigError, Entry, LlmConfig};
@@ -33,7 +36,9 @@ use crate::llm::openai::OpenAiChat;
 use crate::llm::span::SpanSink;
 use crate::llm::telemetry::Telemetry;
 use crate::llm::{ChatDelta, ChatModel, ChatRequest, ErrorClass, LlmError, Price};
-use crate::route::{race, Loss, Observed, Plan, RaceEnd, RouteCore, RoutePolicy, Stage};
+use crate::route::{
+    race, Loss, Notes, Observed, Plan, RaceEnd, RouteCore, RouteNote, RoutePolicy, Stage,
+};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,9 +141,11 @@ impl futures::Stream for TurnReply {
 
 impl Drop for TurnReply {
     fn drop(&mut self) {
-        // A turn already cancelled keeps its reason (a barge-in stays one).
+        // A turn already cancelled keeps its reason (a barge-in or shutdown
+        // of the job token stays one: the child reads its parent's, frame
+        // cancel invariant 3). Otherwise the consumer stopped reading.
         if !self.task.is_finished() && !self.cancel.is_cancelled() {
-            self.cancel.cancel(CancelReason::Shutdown);
+            self.cancel.cancel(CancelReason::ReplyEnded);
         }
     }
 }
@@ -281,7 +288,10 @@ impl Router {
             audio_played: audio_played.clone(),
         };
         let router = self.clone();
-        let task = tokio::spawn(async move { router.run_turn(input, tx).await });
+        // The turn's route notes (the caller's scope, if any) go with the
+        // turn's task.
+        let notes = Notes::current().unwrap_or_default();
+        let task = tokio::spawn(notes.scope(async move { router.run_turn(input, tx).await }));
         TurnReply {
             rx,
             audio_played,
@@ -393,6 +403,12 @@ impl Router {
                 || Box::new(|_: usize, _: std::time::Duration, _: bool| {}),
             )
             .await;
+            if self.candidates.len() > 1 && !matches!(end, RaceEnd::Cancelled { .. }) {
+                // Route note invariant 1; recorded before the winner's first
+                // item is forwarded, so the consumer finds it there.
+                let keys: Vec<String> = self.candidates.iter().map(|c| c.key.clone()).collect();
+                Notes::record(RouteNote::new("llm", end.attempts(&keys)));
+            }
             match end {
                 RaceEnd::Won {
                     index,
@@ -443,7 +459,7 @@ impl Router {
                         }
                     }
                 }
-                RaceEnd::Failed { losses } => {
+                RaceEnd::Failed { losses, .. } => {
                     for loss in losses {
                         match loss {
                             Loss::Failed {

@@ -469,6 +469,13 @@ impl Telemetry {
             .record_served(model, first, total, tokens_per_s, now);
     }
 
+    /// Lists `model` as a candidate (an empty record when it has none), so
+    /// the saved store and `colloquy status` show a configured model that
+    /// was never asked (`untried`).
+    pub fn register(&self, model: &str) {
+        self.lock().models.entry(model.to_string()).or_default();
+    }
+
     /// See [`TelemetryStore::record_lost`].
     pub fn record_lost(&self, model: &str, latency: Duration, censored: bool) {
         let now = self.now_ms();

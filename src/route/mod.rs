@@ -16,12 +16,14 @@
 //! 3. A stage with one candidate plans exactly as without a router: no
 //!    probe, no hedge.
 
+pub mod note;
 pub mod plan;
 pub mod policy;
 pub mod race;
 pub mod stage;
 pub mod status;
 
+pub use note::{Notes, RouteNote};
 pub use plan::{Observed, Plan, Planner};
 pub use policy::RoutePolicy;
 pub use race::{race, Loss, RaceEnd, RaceSpec};
@@ -108,6 +110,13 @@ impl RouteCore {
             policy.hedge = false;
         }
         let (keys, local): (Vec<String>, Vec<bool>) = candidates.into_iter().unzip();
+        if keys.len() > 1 {
+            // A routed stage's candidates are all listed, tried or not
+            // (`colloquy status` shows them `untried`).
+            for k in &keys {
+                telemetry.register(k);
+            }
+        }
         Self {
             stage,
             in_flight: keys.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect(),

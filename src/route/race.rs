@@ -18,7 +18,10 @@
 //!    then cancelled with `hedge_lost`. A shadow's result is never delivered.
 //! 4. A result and the hedge timer due at the same instant: the result wins
 //!    (polled first), so a hedge never starts after the race was decided.
+//! 5. The end lists every started attempt with why and when it started
+//!    (route note invariant 2), so each hedge can be reported.
 
+use super::note::{AttemptNote, End, Why};
 use super::plan::Plan;
 use crate::frame::CancelReason;
 use crate::llm::leg::CancelSignal;
@@ -53,7 +56,16 @@ pub enum Loss<E> {
     Lost { index: usize, after: Duration },
 }
 
-/// How a race ended.
+/// One started attempt: its candidate, why it started, and when (from the
+/// race's start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub index: usize,
+    pub why: Why,
+    pub at: Duration,
+}
+
+/// How a race ended. `starts` lists every started attempt in start order.
 #[derive(Debug)]
 pub enum RaceEnd<T, E> {
     Won {
@@ -64,14 +76,65 @@ pub enum RaceEnd<T, E> {
         /// More than one attempt ran.
         hedged: bool,
         losses: Vec<Loss<E>>,
+        starts: Vec<Started>,
     },
     /// Every candidate failed (or none could start).
-    Failed { losses: Vec<Loss<E>> },
+    Failed {
+        losses: Vec<Loss<E>>,
+        starts: Vec<Started>,
+    },
     /// The turn was cancelled.
     Cancelled {
         reason: CancelReason,
         losses: Vec<Loss<E>>,
+        starts: Vec<Started>,
     },
+}
+
+impl<T, E> RaceEnd<T, E> {
+    /// Every started attempt as a route note's attempt (`keys`: the
+    /// candidates' store keys), in start order.
+    pub fn attempts(&self, keys: &[String]) -> Vec<AttemptNote> {
+        let (starts, losses, winner, cancelled) = match self {
+            RaceEnd::Won {
+                starts,
+                losses,
+                index,
+                after,
+                ..
+            } => (starts, losses, Some((*index, *after)), false),
+            RaceEnd::Failed { starts, losses } => (starts, losses, None, false),
+            RaceEnd::Cancelled { starts, losses, .. } => (starts, losses, None, true),
+        };
+        let ms = |d: Duration| d.as_millis() as u64;
+        starts
+            .iter()
+            .map(|s| {
+                let (end, after) = match winner {
+                    Some((w, after)) if w == s.index => (End::Won, after),
+                    _ => losses
+                        .iter()
+                        .find_map(|l| match l {
+                            Loss::Failed { index, after, .. } if *index == s.index => {
+                                Some((End::Failed, *after))
+                            }
+                            Loss::Lost { index, after } if *index == s.index => {
+                                Some((if cancelled { End::Cancelled } else { End::Lost }, *after))
+                            }
+                            _ => None,
+                        })
+                        .unwrap_or((End::Lost, Duration::ZERO)),
+                };
+                AttemptNote {
+                    model: keys.get(s.index).cloned().unwrap_or_default(),
+                    why: s.why,
+                    start_ms: ms(s.at),
+                    end,
+                    ms: ms(after),
+                }
+            })
+            .collect()
+    }
 }
 
 /// A shadow's outcome: its candidate, how long it ran, and whether that is
@@ -112,29 +175,40 @@ where
         FuturesUnordered::new();
     let mut losses = Vec::new();
     let mut hedged = false;
+    let race_start = Instant::now();
+    let mut starts: Vec<Started> = Vec::new();
 
-    let mut launch =
-        |index: usize, running: &mut Vec<Running>, futures: &mut FuturesUnordered<_>| {
-            let signal = parent.child();
-            let fut = start(index, signal.clone());
-            futures.push(Box::pin(async move { (index, fut.await) }) as BoxFuture<'static, _>);
-            running.push(Running {
-                index,
-                signal,
-                started: Instant::now(),
-            });
-        };
+    let mut launch = |index: usize,
+                      why: Why,
+                      running: &mut Vec<Running>,
+                      futures: &mut FuturesUnordered<_>,
+                      starts: &mut Vec<Started>| {
+        let signal = parent.child();
+        let fut = start(index, signal.clone());
+        futures.push(Box::pin(async move { (index, fut.await) }) as BoxFuture<'static, _>);
+        let now = Instant::now();
+        starts.push(Started {
+            index,
+            why,
+            at: now - race_start,
+        });
+        running.push(Running {
+            index,
+            signal,
+            started: now,
+        });
+    };
 
     let Some(first) = queue.pop_front() else {
-        return RaceEnd::Failed { losses };
+        return RaceEnd::Failed { losses, starts };
     };
-    launch(first, &mut running, &mut futures);
+    launch(first, Why::First, &mut running, &mut futures, &mut starts);
     if let Some(p) = plan
         .probe
         .filter(|p| queue.contains(p) && healthy.contains(p))
     {
         queue.retain(|&i| i != p);
-        launch(p, &mut running, &mut futures);
+        launch(p, Why::Probe, &mut running, &mut futures, &mut starts);
         hedged = true;
     }
     let hedge_at = plan.hedge_after.map(|d| Instant::now() + d);
@@ -165,7 +239,11 @@ where
                         after: r.started.elapsed(),
                     });
                 }
-                return RaceEnd::Cancelled { reason, losses };
+                return RaceEnd::Cancelled {
+                    reason,
+                    losses,
+                    starts,
+                };
             }
             Step::Hedge => {
                 hedge_armed = false;
@@ -173,7 +251,7 @@ where
                     // Holds invariant 1: only a healthy one hedges.
                     if let Some(pos) = queue.iter().position(|i| healthy.contains(i)) {
                         if let Some(next) = queue.remove(pos) {
-                            launch(next, &mut running, &mut futures);
+                            launch(next, Why::Hedge, &mut running, &mut futures, &mut starts);
                             hedged = true;
                         }
                     }
@@ -211,6 +289,7 @@ where
                     after,
                     hedged,
                     losses,
+                    starts,
                 };
             }
             Step::Done(index, Err(error)) => {
@@ -226,7 +305,7 @@ where
                 // Fallback: the next candidate starts at once (invariant 1).
                 if running.len() < 2 {
                     if let Some(next) = queue.pop_front() {
-                        launch(next, &mut running, &mut futures);
+                        launch(next, Why::Fallback, &mut running, &mut futures, &mut starts);
                         if !running.is_empty() && running.len() > 1 {
                             hedged = true;
                         }
@@ -239,7 +318,7 @@ where
                     }
                 }
                 if running.is_empty() {
-                    return RaceEnd::Failed { losses };
+                    return RaceEnd::Failed { losses, starts };
                 }
             }
         }

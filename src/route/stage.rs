@@ -12,6 +12,7 @@
 //!    having failed — the last failure; a cancelled turn gets the stage's
 //!    `cancelled` error.
 
+use super::note::{Notes, RouteNote};
 use super::{race, Loss, RaceEnd, RouteCore, RoutePolicy, Stage};
 use crate::frame::CancelReason;
 use crate::llm::leg::CancelSignal;
@@ -126,10 +127,17 @@ impl<S: ?Sized + Send + Sync + 'static> StageRoute<S> {
         .await;
         let losses = match &end {
             RaceEnd::Won { losses, .. }
-            | RaceEnd::Failed { losses }
+            | RaceEnd::Failed { losses, .. }
             | RaceEnd::Cancelled { losses, .. } => losses,
         };
         let cancelled = matches!(end, RaceEnd::Cancelled { .. });
+        if keys.len() > 1 && !cancelled {
+            // Route note invariant 1: only a routed stage is noted.
+            Notes::record(RouteNote::new(
+                self.core.stage().name(),
+                end.attempts(&keys),
+            ));
+        }
         for loss in losses {
             match loss {
                 Loss::Failed { index, error, .. } => {
@@ -158,7 +166,7 @@ impl<S: ?Sized + Send + Sync + 'static> StageRoute<S> {
                 Ok((value, keys[index].clone()))
             }
             RaceEnd::Cancelled { .. } => Err(E::cancelled()),
-            RaceEnd::Failed { losses } => {
+            RaceEnd::Failed { losses, .. } => {
                 let last = losses.into_iter().rev().find_map(|l| match l {
                     Loss::Failed { error, .. } => Some(error),
                     Loss::Lost { .. } => None,

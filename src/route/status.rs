@@ -156,6 +156,8 @@ mod tests {
             None,
             1_000,
         );
+        // A configured candidate never asked: listed, `untried`.
+        s.models.entry("tts:h/tts-1".into()).or_default();
         let r = rows(&s, 2_000);
         let keys: Vec<_> = r.iter().map(|r| (r.stage, r.key.as_str())).collect();
         assert_eq!(
@@ -165,8 +167,11 @@ mod tests {
                 (Stage::Stt, "stt:h/whisper-1"),
                 (Stage::Llm, "embedded/smol"),
                 (Stage::Llm, "h/fast"),
+                (Stage::Tts, "tts:h/tts-1"),
             ]
         );
+        assert_eq!(r[4].state, CandidateState::Untried);
+        assert_eq!((r[4].samples, r[4].p50_ms, r[4].share), (0, None, None));
         assert_eq!(r[3].p50_ms, Some(200));
         assert_eq!(r[3].p90_ms, Some(300));
         assert_eq!(r[3].share, Some(0.75), "3 of the 4 served LLM turns");
@@ -178,6 +183,10 @@ mod tests {
         assert!(text.starts_with("STAGE"), "{text}");
         assert!(text.contains("cooling down (3.0 s)"), "{text}");
         assert!(text.contains("75%"), "{text}");
+        assert!(
+            text.contains("tts:h/tts-1") && text.contains("untried"),
+            "{text}"
+        );
         // The cooldown passes: the failed model is recovering until a success.
         let later = rows(&s, 6_000);
         assert_eq!(later[1].state, CandidateState::Recovering);

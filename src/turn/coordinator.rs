@@ -2,7 +2,7 @@
 
 use super::playout::{Playout, SpokenChunk};
 use crate::agent::{Agent, CostMode, Payload, Reporter, TaskId, TaskMessage, TurnJob};
-use crate::frame::{samples_to_ms, CancelReason, Event, TimedEvent, SAMPLE_RATE};
+use crate::frame::{samples_to_ms, CancelReason, CancelSignal, Event, TimedEvent, SAMPLE_RATE};
 use crate::llm::{ChatMessage, ToolCall};
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
@@ -106,7 +106,7 @@ pub struct TurnTiming {
 
 struct InFlight {
     epoch: u64,
-    cancel: CancellationToken,
+    cancel: CancelSignal,
     dispatched_ms: u64,
     started: std::time::Instant,
 }
@@ -118,7 +118,7 @@ struct Staging {
     /// The utterance this turn answers (carried over if the turn is dropped).
     audio: Arc<[i16]>,
     /// The task's token (cancelled again on barge-in even after it finished).
-    cancel: CancellationToken,
+    cancel: CancelSignal,
     tools: Vec<(ToolCall, String)>,
     chunks: Vec<(String, Arc<[i16]>)>,
     done: bool,
@@ -132,6 +132,8 @@ struct Staging {
     model: Option<String>,
     /// The agent ended the call with this turn (hang up once committed).
     end_call: bool,
+    /// The routed stages' races so far (for `turn_latency`).
+    routes: Vec<crate::route::RouteNote>,
     /// Opened at a pause: results are kept, nothing plays, until the
     /// endpoint confirms the turn (invariant 8).
     held: bool,
@@ -418,7 +420,7 @@ impl Coordinator {
         }
         self.cancel_all(CancelReason::BargeIn, now_ms);
         if let Some(st) = self.staging.take() {
-            st.cancel.cancel();
+            st.cancel.cancel(CancelReason::BargeIn);
             // A job that had already finished is cancelled here.
             if !self.outcomes.contains_key(&st.task) {
                 self.set_outcome(st.task, Outcome::Cancelled(CancelReason::BargeIn));
@@ -482,6 +484,7 @@ impl Coordinator {
                     stt_ms: st.stt_ms,
                     first_token_ms: st.first_token_ms,
                     first_audio_ms: now_ms,
+                    routes: st.routes.clone(),
                 },
             });
         }
@@ -531,7 +534,9 @@ impl Coordinator {
         self.epoch += 1;
         let task = self.next_task;
         self.next_task += 1;
-        let cancel = self.session_cancel.child_token();
+        // The job token carries its reason to the job's legs; the session's
+        // root token cancelled by itself reads as a shutdown.
+        let cancel = CancelSignal::new(self.session_cancel.child_token(), CancelReason::Shutdown);
         self.in_flight.insert(
             task,
             InFlight {
@@ -557,6 +562,7 @@ impl Coordinator {
             first_audio_ms: None,
             model: None,
             end_call: false,
+            routes: Vec::new(),
             held: false,
         });
         self.state = TurnState::Thinking;
@@ -651,6 +657,11 @@ impl Coordinator {
                     st.model = Some(model);
                 }
             }
+            Payload::Route(note) => {
+                if let Some(st) = self.staging.as_mut().filter(|s| s.routes.len() < 16) {
+                    st.routes.push(note);
+                }
+            }
             Payload::Token(_) => {
                 if let Some(st) = self.staging.as_mut() {
                     st.first_token_ms.get_or_insert(now_ms);
@@ -726,7 +737,7 @@ impl Coordinator {
                 return;
             }
         }
-        if what != "token" && what != "model" {
+        if !matches!(what, "token" | "model" | "route") {
             self.emit(
                 now_ms,
                 Event::Staged {
@@ -748,7 +759,7 @@ impl Coordinator {
         let tasks: Vec<(TaskId, InFlight)> =
             std::mem::take(&mut self.in_flight).into_iter().collect();
         for (task, f) in tasks {
-            f.cancel.cancel();
+            f.cancel.cancel(reason);
             self.set_outcome(task, Outcome::Cancelled(reason));
             self.emit(
                 now_ms,
@@ -783,7 +794,7 @@ impl Coordinator {
             // A reply that had finished producing is cut here: its task ends
             // as cancelled by the barge-in (the heard prefix may still be
             // committed, see `commit_suspended`).
-            st.cancel.cancel();
+            st.cancel.cancel(CancelReason::BargeIn);
             if st.task != 0 && !self.outcomes.contains_key(&st.task) {
                 self.set_outcome(st.task, Outcome::Cancelled(CancelReason::BargeIn));
             }
@@ -864,7 +875,7 @@ impl Coordinator {
             task: 0,
             user_text: s.user_text,
             audio: Arc::from(Vec::new()),
-            cancel: CancellationToken::new(),
+            cancel: CancelSignal::new(CancellationToken::new(), CancelReason::BargeIn),
             tools: s.tools,
             chunks: Vec::new(),
             done: true,
@@ -875,6 +886,7 @@ impl Coordinator {
             first_audio_ms: None,
             model: None,
             end_call: s.end_call,
+            routes: Vec::new(),
             held: false,
         };
         // Keep heard chunks in the text but not in the audio.
@@ -914,7 +926,7 @@ impl Coordinator {
     /// Drops the current (judging) turn: the bot resumes instead.
     fn drop_turn(&mut self, task: TaskId, now_ms: u64) {
         if let Some(f) = self.in_flight.remove(&task) {
-            f.cancel.cancel();
+            f.cancel.cancel(CancelReason::BargeIn);
             self.emit(
                 now_ms,
                 Event::TaskCancelled {
@@ -1047,7 +1059,7 @@ impl Coordinator {
         self.playout.silence();
         self.cancel_all(CancelReason::Shutdown, now_ms);
         if let Some(st) = &self.staging {
-            st.cancel.cancel();
+            st.cancel.cancel(CancelReason::Shutdown);
             if st.task != 0 && !self.outcomes.contains_key(&st.task) {
                 self.set_outcome(st.task, Outcome::Cancelled(CancelReason::Shutdown));
             }

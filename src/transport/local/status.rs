@@ -246,6 +246,7 @@ mod tests {
                 stt_ms: None,
                 first_token_ms: None,
                 first_audio_ms: 1250,
+                routes: Vec::new(),
             },
         });
         assert_eq!(

@@ -1,0 +1,136 @@
+//! `colloquy serve` writes the routing telemetry store when it shuts down
+//! (SIGTERM), and `colloquy status` — another process — reads it and lists
+//! every configured candidate of every routed stage, a never-tried one as
+//! `untried` (issue 13).
+//!
+//! The binary is spawned on 127.0.0.1 with hosted candidates only (no model
+//! is loaded; no session connects, so no candidate is ever asked and
+//! nothing leaves the machine). Its state and journal live in a temp dir.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BASE: &str = "http://127.0.0.1:9/v1";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The binary with its state (telemetry store, journal) under `dir`.
+fn colloquy(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_colloquy"));
+    c.env("XDG_STATE_HOME", dir.join("state"))
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("OPENAI_API_KEY", "test-key")
+        .env("COLLOQUY_JOURNAL", dir.join("journal.db"))
+        .env_remove("COLLOQUY_LLM")
+        .env_remove("COLLOQUY_STT")
+        .env_remove("COLLOQUY_TTS")
+        .env_remove("COLLOQUY_CONFIG")
+        .stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn serve_saves_the_store_at_shutdown_and_status_lists_untried_candidates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let keys = [
+        "stt:127.0.0.1:9/whisper-a",
+        "stt:127.0.0.1:9/whisper-b",
+        "127.0.0.1:9/chat-a",
+        "127.0.0.1:9/chat-b",
+        "tts:127.0.0.1:9/tts-a",
+        "tts:127.0.0.1:9/tts-b",
+    ];
+    let log = dir.path().join("serve.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = colloquy(dir.path())
+        .args([
+            "serve",
+            "--token",
+            "t",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--llm", &format!("{BASE}::chat-a")])
+        .args(["--llm", &format!("{BASE}::chat-b")])
+        .args(["--stt", &format!("{BASE}::whisper-a")])
+        .args(["--stt", &format!("{BASE}::whisper-b")])
+        .args(["--tts", &format!("{BASE}::tts-a")])
+        .args(["--tts", &format!("{BASE}::tts-b")])
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("start colloquy serve");
+    // Readiness (not a timing bound): the port accepts connections.
+    let since = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!(
+                "serve exited with {status}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(120),
+            "serve never listened: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let store = dir.path().join("state/colloquy/llm-telemetry.json");
+    assert!(!store.exists(), "nothing saved before the shutdown");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    // Bounded so a hung shutdown fails instead of hanging the suite.
+    let since = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if since.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!(
+                "serve did not exit within 60 s of SIGTERM: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let served_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "serve exited with {status}: {served_log}");
+
+    let saved = std::fs::read_to_string(&store)
+        .unwrap_or_else(|e| panic!("no store at {}: {e}: {served_log}", store.display()));
+    for k in keys {
+        assert!(saved.contains(k), "{k} not in the saved store: {saved}");
+    }
+
+    let out = colloquy(dir.path())
+        .arg("status")
+        .output()
+        .expect("colloquy status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    for k in keys {
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(k))
+            .unwrap_or_else(|| panic!("no row for {k}: {text}"));
+        assert!(row.ends_with("untried"), "{row}");
+    }
+}
