@@ -44,6 +44,7 @@
 //! 4. The speech probability is vetoed only by the gate and only while AEC3's
 //!    ERLE estimate is under [`CONVERGED_ERLE_DB`].
 
+use super::dump::{EchoDump, FrameNote};
 use super::{EchoControl, EchoGate, EchoStats};
 use crate::audio::{EdgeResampler, InputConsumer, ResampleError};
 use crate::frame::{AudioFrame, FRAME_SAMPLES, SAMPLE_RATE};
@@ -123,6 +124,8 @@ pub struct Aec3Canceller {
     latency_hint_ms: Option<u32>,
     /// The energy gate on cleaned frames while AEC3 converges (invariant 4).
     guard: EchoGate,
+    /// `COLLOQUY_ECHO_DUMP`: what AEC3 was given and returned (dump.rs).
+    dump: Option<Box<EchoDump>>,
 }
 
 impl Aec3Canceller {
@@ -149,6 +152,7 @@ impl Aec3Canceller {
             render_frames: 0,
             latency_hint_ms: None,
             guard: EchoGate::new(),
+            dump: EchoDump::from_env(),
         })
     }
 
@@ -180,6 +184,7 @@ impl Aec3Canceller {
                 resampler,
                 pop_buf,
                 render_frames,
+                dump,
                 ..
             } = self;
             resampler.process(&pop_buf[..n], |samples| {
@@ -188,6 +193,9 @@ impl Aec3Canceller {
                     *block_len += 1;
                     if *block_len == AEC_FRAME {
                         *block_len = 0;
+                        if let Some(d) = dump.as_mut() {
+                            d.render(&block[..]);
+                        }
                         render.copy_from(&[&block[..]], stream);
                         render.split_into_frequency_bands();
                         ec.analyze_render(render);
@@ -229,17 +237,34 @@ impl EchoControl for Aec3Canceller {
         if !self.armed {
             return; // invariant 1
         }
+        let input = self.dump.is_some().then_some(frame.samples);
         // Invariant 3: two consecutive 10 ms frames, positions unchanged.
         for half in frame.samples.chunks_exact_mut(AEC_FRAME) {
             self.process_10ms(half);
         }
         self.processed += 1;
+        if let (Some(d), Some(input)) = (self.dump.as_mut(), input) {
+            let m = self.ec.metrics();
+            let note = FrameNote {
+                start: frame.start,
+                render_fed: d.render_len(),
+                erle_db: m.echo_return_loss_enhancement,
+                erl_db: m.echo_return_loss,
+                delay_ms: m.delay_ms,
+                guarded: false,
+                hint_ms: self.latency_hint_ms.unwrap_or(0),
+            };
+            d.frame(&input, &frame.samples, note);
+        }
     }
 
     fn gate(&mut self, p: f32, frame: &AudioFrame) -> f32 {
         // Invariant 4.
         if self.armed && self.ec.metrics().echo_return_loss_enhancement >= CONVERGED_ERLE_DB {
             return p;
+        }
+        if let Some(d) = self.dump.as_mut() {
+            d.mark_guarded();
         }
         self.guard.gate(p, frame)
     }

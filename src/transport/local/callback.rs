@@ -25,6 +25,12 @@
 //!    callback hands to the device — silence included — is pushed into it in
 //!    play order (or counted as an overrun by the ring), so the echo
 //!    canceller's reference is what was really played.
+//! 6. When the device's playback timestamps show that it played silence
+//!    between two callbacks (the process was late: an underrun in the audio
+//!    server, which no callback sees), that silence is pushed into the
+//!    reference too, so the reference keeps the device's timeline and the
+//!    echo delay the canceller tracks stays constant. Jumps over
+//!    [`GAP_TOLERANCE_NS`] are filled, at most one second per callback.
 
 use crate::audio::{InputProducer, OutputConsumer};
 use crate::echo::ReferenceProducer;
@@ -35,6 +41,9 @@ use std::sync::Arc;
 /// Frames converted or played per chunk (scratch size, fixed up front).
 pub const SCRATCH_FRAMES: usize = 8192;
 
+/// Playback-timestamp jitter tolerated before a jump counts as a gap (ns).
+pub const GAP_TOLERANCE_NS: u64 = 8_000_000;
+
 /// State shared between the driver and the callbacks.
 #[derive(Debug, Default)]
 pub struct CallbackShared {
@@ -44,6 +53,14 @@ pub struct CallbackShared {
     pub input_callbacks: AtomicU64,
     /// Output callbacks run so far.
     pub output_callbacks: AtomicU64,
+    /// Input frames (one sample per channel) delivered by the device so far.
+    pub input_frames: AtomicU64,
+    /// Output frames handed to the device so far.
+    pub output_frames: AtomicU64,
+    /// Frames of silence the device played between callbacks (its playback
+    /// timestamps jumped: an underrun below us), filled into the reference
+    /// (invariant 6).
+    pub output_gap_frames: AtomicU64,
     /// Set by the driver while the coordinator says the bot is speaking.
     pub bot_speaking: AtomicBool,
     /// Invariant 4: loudest playback mean square since the driver took it.
@@ -75,6 +92,7 @@ impl CallbackShared {
 pub struct InputCallback {
     producer: InputProducer,
     scratch: Vec<f32>,
+    channels: usize,
     shared: Arc<CallbackShared>,
 }
 
@@ -83,6 +101,7 @@ impl InputCallback {
         Self {
             producer,
             scratch: vec![0.0; SCRATCH_FRAMES * channels.max(1) as usize],
+            channels: channels.max(1) as usize,
             shared,
         }
     }
@@ -97,6 +116,9 @@ impl InputCallback {
         if data.is_empty() {
             return;
         }
+        self.shared
+            .input_frames
+            .fetch_add((data.len() / self.channels) as u64, Ordering::Relaxed);
         for chunk in data.chunks(self.scratch.len()) {
             let out = &mut self.scratch[..chunk.len()];
             for (o, &s) in out.iter_mut().zip(chunk) {
@@ -122,6 +144,9 @@ impl InputCallback {
         if data.is_empty() {
             return;
         }
+        self.shared
+            .input_frames
+            .fetch_add((data.len() / self.channels) as u64, Ordering::Relaxed);
         self.producer.push(data);
         if !self.shared.capture_started.load(Ordering::Relaxed) {
             self.shared.capture_started.store(true, Ordering::Release);
@@ -142,6 +167,13 @@ pub struct OutputCallback {
     pending_gap: u64,
     /// The echo canceller's reference ring (invariant 5).
     reference: Option<ReferenceProducer>,
+    /// Silence for the gap fill (sized up front).
+    zeros: Vec<f32>,
+    /// Output rate (Hz) for the playback-timestamp continuity (invariant 6).
+    rate: u64,
+    /// When the next callback's first frame should play (ns on the stream's
+    /// clock), if the stream kept up.
+    next_play_ns: Option<u64>,
 }
 
 impl OutputCallback {
@@ -154,7 +186,51 @@ impl OutputCallback {
             heard: false,
             pending_gap: 0,
             reference: None,
+            zeros: vec![0.0; SCRATCH_FRAMES],
+            rate: 0,
+            next_play_ns: None,
         }
+    }
+
+    /// The output rate (Hz): enables the gap fill of invariant 6.
+    pub fn with_rate(mut self, rate: u32) -> Self {
+        self.rate = rate as u64;
+        self
+    }
+
+    /// The device's playback instant (ns) of the first frame of the buffer
+    /// about to be filled with `samples` interleaved samples, called before
+    /// [`Self::process`]: a jump past where the previous buffer ended by more
+    /// than [`GAP_TOLERANCE_NS`] is silence the device played (an underrun
+    /// below us); that many zeros go into the reference first (invariant 6).
+    /// Real-time safe.
+    pub fn note_playback(&mut self, playback_ns: u64, samples: usize) {
+        if self.rate == 0 {
+            return;
+        }
+        let frames = (samples / self.channels) as u64;
+        let mut base = playback_ns;
+        if let Some(expected) = self.next_play_ns {
+            if playback_ns > expected + GAP_TOLERANCE_NS {
+                let gap = ((playback_ns - expected) * self.rate / 1_000_000_000).min(self.rate);
+                self.shared
+                    .output_gap_frames
+                    .fetch_add(gap, Ordering::Relaxed);
+                if let Some(reference) = self.reference.as_mut() {
+                    let mut left = gap as usize;
+                    while left > 0 {
+                        let n = left.min(self.zeros.len());
+                        reference.push(&self.zeros[..n]);
+                        left -= n;
+                    }
+                }
+            } else {
+                // Early or within the tolerance: the stream's own frame count
+                // stays the clock (never pulled back).
+                base = base.max(expected);
+            }
+        }
+        self.next_play_ns = Some(base + frames * 1_000_000_000 / self.rate);
     }
 
     /// Also pushes everything played into `reference` (invariant 5).
@@ -176,6 +252,9 @@ impl OutputCallback {
         T: Sample + FromSample<f32>,
     {
         self.shared.output_callbacks.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .output_frames
+            .fetch_add((data.len() / self.channels) as u64, Ordering::Relaxed);
         let speaking = self.shared.bot_speaking.load(Ordering::Acquire);
         if !speaking {
             self.heard = false;
@@ -311,6 +390,34 @@ mod tests {
         let mut got = [9.0f32; 16];
         assert_eq!(rc.pop(&mut got), 7, "one reference sample per played frame");
         assert_eq!(&got[..7], &[0.5, -0.25, 0.125, 0.0, 0.0, 0.75, 0.0]);
+    }
+
+    #[test]
+    fn silence_the_device_played_between_callbacks_goes_into_the_reference() {
+        let (mut p, c) = output_ring(1024);
+        let (rp, mut rc) = input_ring(4096);
+        let shared = Arc::new(CallbackShared::default());
+        let mut cb = OutputCallback::new(c, 1, shared.clone())
+            .with_reference(Some(rp))
+            .with_rate(1000);
+        let mut buf = [0.0f32; 10];
+        // 10 frames at 1 kHz = 10 ms per callback; the second on time, the
+        // third 3 ms late (jitter, ignored), the fourth 50 ms late (a gap).
+        for (at_ms, expect_gap) in [(0u64, 0u64), (10, 0), (23, 0), (80, 47)] {
+            p.write(&[0.5; 10]);
+            cb.note_playback(at_ms * 1_000_000, buf.len());
+            cb.process(&mut buf);
+            assert_eq!(
+                shared.output_gap_frames.load(Ordering::Relaxed),
+                expect_gap,
+                "at {at_ms} ms"
+            );
+        }
+        let mut got = vec![9.0f32; 4096];
+        let n = rc.pop(&mut got);
+        assert_eq!(n, 40 + 47, "played frames plus the gap");
+        assert!(got[30..77].iter().all(|&s| s == 0.0), "the gap is silence");
+        assert!(got[77..87].iter().all(|&s| s == 0.5));
     }
 
     #[test]

@@ -364,6 +364,7 @@ macro_rules! build_output {
                     move |data: &mut [$t], info: &cpal::OutputCallbackInfo| {
                         let t = info.timestamp();
                         cb.note_latency(t.playback.duration_since(t.callback));
+                        cb.note_playback(t.playback.as_nanos() as u64, data.len());
                         cb.process(data)
                     },
                     $err,
@@ -465,7 +466,9 @@ pub fn run(
     let shared = Arc::new(CallbackShared::default());
     let (err_tx, err_rx) = crossbeam_channel::bounded::<(Direction, cpal::Error)>(64);
     let in_cb = InputCallback::new(in_prod, in_ch, shared.clone());
-    let out_cb = OutputCallback::new(out_cons, out_ch, shared.clone()).with_reference(reference);
+    let out_cb = OutputCallback::new(out_cons, out_ch, shared.clone())
+        .with_reference(reference)
+        .with_rate(out_rate);
 
     let in_stream = build_input!(
         in_dev, in_cfg, in_cb, error_callback(Direction::Input, err_tx.clone()),
@@ -636,6 +639,28 @@ pub fn run(
 
         if last_report.elapsed() >= REPORT_EVERY {
             last_report = Instant::now();
+            if let Some(dir) = std::env::var_os("COLLOQUY_ECHO_DUMP") {
+                use std::io::Write;
+                let _ = std::fs::create_dir_all(&dir);
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(std::path::Path::new(&dir).join("clock.csv"))
+                {
+                    let _ = writeln!(
+                        f,
+                        "{:.3},{},{},{},{},{},{},{}",
+                        started.elapsed().as_secs_f64(),
+                        shared.input_frames.load(Ordering::Relaxed),
+                        shared.output_frames.load(Ordering::Relaxed),
+                        shared.input_latency_us.load(Ordering::Relaxed),
+                        shared.output_latency_us.load(Ordering::Relaxed),
+                        counters.xruns,
+                        session.now_ms(),
+                        shared.output_gap_frames.load(Ordering::Relaxed)
+                    );
+                }
+            }
             counters.input_overruns = in_stats.overruns.load(Ordering::Relaxed);
             counters.output_underruns = out_stats.underruns.load(Ordering::Relaxed);
             counters.flushed = out_stats.flushed.load(Ordering::Relaxed);
