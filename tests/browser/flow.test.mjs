@@ -16,7 +16,7 @@
 //        [--screenshot PNG] [--chromium /usr/bin/chromium]
 
 import { chromium } from 'playwright-core';
-import { chromiumArgs, parseArgs, reporter } from './lib.mjs';
+import { chromiumArgs, parseArgs, reporter, serverUrl } from './lib.mjs';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -43,25 +43,12 @@ const server = spawn(
   ['serve', '--bind', '127.0.0.1:0', '--flow', path.join(ROOT, 'flows/restaurant.toml'), '--journal', journal],
   { env: { ...process.env, COLLOQUY_TOKEN: token, COLLOQUY_LOG: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] },
 );
-let stderr = '';
-server.stderr.on('data', (d) => (stderr += d));
+// Loading the models takes a few seconds.
+const served = serverUrl(server, 60);
 let context;
 let exitCode = 1;
 try {
-  const url = await new Promise((resolve, reject) => {
-    let out = '';
-    // Loading the models takes a few seconds.
-    const timer = setTimeout(() => reject(new Error(`server printed no URL in 60 s; stderr:\n${stderr}`)), 60000);
-    server.stdout.on('data', (d) => {
-      out += d;
-      const m = out.match(/http:\/\/\S+\?token=\S+/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[0]);
-      }
-    });
-    server.on('exit', (code) => reject(new Error(`server exited (${code}); stderr:\n${stderr}`)));
-  });
+  const url = await served.url;
   log('server at', url.replace(/token=\S+/, 'token=…'));
   context = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(os.tmpdir(), 'colloquy-chromium-')), {
     executablePath: CHROMIUM,
@@ -145,7 +132,7 @@ try {
   exitCode = failures.length === 0 ? 0 : 1;
 } catch (e) {
   log('ERROR', e.stack || String(e));
-  log('server stderr:\n' + stderr.split('\n').slice(-30).join('\n'));
+  log('server stderr:\n' + served.stderr().split('\n').slice(-30).join('\n'));
   exitCode = 1;
 } finally {
   if (context) await context.close().catch(() => {});

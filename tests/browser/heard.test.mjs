@@ -27,7 +27,7 @@
 //   DIR of --speech holds q-france.wav and q-germany-f3.wav (assets/speech).
 
 import { chromium } from 'playwright-core';
-import { chromiumArgs, parseArgs, reporter } from './lib.mjs';
+import { chromiumArgs, parseArgs, reporter, serverUrl } from './lib.mjs';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -170,22 +170,8 @@ function startColloquy(base) {
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   );
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  const url = new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`server printed no URL in 60 s; stderr:\n${stderr}`)), 60000);
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = out.match(/http:\/\/\S+\?token=\S+/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[0]);
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`server exited (${code}) before printing its URL; stderr:\n${stderr}`)));
-  });
-  return { child, url, stderr: () => stderr };
+  const { url, stderr } = serverUrl(child, 60);
+  return { child, url, stderr };
 }
 
 async function waitFor(page, fn, what, timeoutMs) {

@@ -1,5 +1,6 @@
-// Shared by the browser tests: command-line arguments, the ok/FAIL log, and
-// Chromium's flags for a headless run with a WAV file as the microphone.
+// Shared by the browser tests: command-line arguments, the ok/FAIL log,
+// the URL a `colloquy serve` child prints, and Chromium's flags for a
+// headless run with a WAV file as the microphone.
 
 /** `--name value` pairs as an object. */
 export function parseArgs(argv) {
@@ -38,4 +39,31 @@ export function chromiumArgs(mic) {
     `--use-file-for-fake-audio-capture=${mic}%noloop`,
     '--autoplay-policy=no-user-gesture-required',
   ];
+}
+
+/**
+ * Collects a `colloquy serve` child's stderr and waits for the page URL it
+ * prints on stdout: `{ url, stderr }`, `url` a promise that fails if no URL
+ * comes within `seconds` or the server exits first (with its stderr).
+ */
+export function serverUrl(child, seconds) {
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const url = new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(
+      () => reject(new Error(`server printed no URL in ${seconds} s; stderr:\n${stderr}`)),
+      seconds * 1000,
+    );
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = out.match(/http:\/\/\S+\?token=\S+/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[0]);
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`server exited (${code}) before printing its URL; stderr:\n${stderr}`)));
+  });
+  return { url, stderr: () => stderr };
 }

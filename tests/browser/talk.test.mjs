@@ -23,7 +23,7 @@
 //        [--screenshot docs/screenshot.png] [--chromium /usr/bin/chromium]
 
 import { chromium } from 'playwright-core';
-import { chromiumArgs, parseArgs, reporter } from './lib.mjs';
+import { chromiumArgs, parseArgs, reporter, serverUrl } from './lib.mjs';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -147,22 +147,8 @@ function startServer(dumpDir, journal) {
     ['serve', '--bind', '127.0.0.1:0', '--agent', 'parrot', '--dump-dir', dumpDir, '--journal', journal],
     { env: { ...process.env, COLLOQUY_TOKEN: token, COLLOQUY_LOG: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  const url = new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`server printed no URL in 20 s; stderr:\n${stderr}`)), 20000);
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = out.match(/http:\/\/\S+\?token=\S+/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[0]);
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`server exited (${code}) before printing its URL; stderr:\n${stderr}`)));
-  });
-  return { child, url, token, stderr: () => stderr };
+  const { url, stderr } = serverUrl(child, 20);
+  return { child, url, token, stderr };
 }
 
 async function waitFor(page, fn, what, timeoutMs) {
