@@ -26,7 +26,10 @@
 //! `VOICE_LATENCY_CONVERSATIONS=N` the first N conversations;
 //! `VOICE_LATENCY_TURN=smart|silence` the end-of-turn mode (default: the
 //! session's default);
-//! `VOICE_LATENCY_PIPER_CHUNKS=1` prints only Piper's cost per chunk length.
+//! `VOICE_LATENCY_PIPER_CHUNKS=1` prints only Piper's cost per chunk length;
+//! `VOICE_LATENCY_KEEP=DIR` writes each conversation's input WAV and its
+//! event log (`VOICE-conversation-N.jsonl`) to DIR, to see where a slow turn
+//! spent its time.
 //! Under `cargo test --all-targets` it only checks that it starts.
 
 use colloquy::agent::stack::{StackOptions, TtsEngine, VoiceStack};
@@ -125,6 +128,26 @@ fn build(clips: &[Vec<i16>], seed: u64) -> Built {
         .map(|x| x.round().clamp(-32768.0, 32767.0) as i16)
         .collect();
     Built { samples, ends_ms }
+}
+
+/// Writes a conversation's input and events for `VOICE_LATENCY_KEEP`.
+fn keep_events(dir: &Path, voice: &str, input: &Path, report: &ReplayReport) {
+    std::fs::create_dir_all(dir).expect("VOICE_LATENCY_KEEP: create the directory");
+    let stem = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("conversation");
+    std::fs::copy(input, dir.join(format!("{stem}.wav"))).expect("VOICE_LATENCY_KEEP: copy");
+    let lines: Vec<String> = report
+        .events
+        .iter()
+        .filter_map(|e| serde_json::to_string(e).ok())
+        .collect();
+    std::fs::write(
+        dir.join(format!("{voice}-{stem}.jsonl")),
+        lines.join("\n") + "\n",
+    )
+    .expect("VOICE_LATENCY_KEEP: write events");
 }
 
 fn write_wav(path: &Path, samples: &[i16]) {
@@ -372,6 +395,9 @@ fn main() {
                 session_config(),
             )
             .expect("replay");
+            if let Some(keep) = std::env::var_os("VOICE_LATENCY_KEEP") {
+                keep_events(Path::new(&keep), voice.trim(), path, &report);
+            }
             let mut started = None;
             for e in &report.events {
                 match e.event {

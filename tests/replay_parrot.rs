@@ -231,7 +231,7 @@ fn a_cough_does_not_stop_the_bot_and_a_short_noise_is_recovered() {
 #[test]
 fn a_turn_opened_at_a_pause_is_dropped_when_the_user_goes_on_and_used_when_they_stop() {
     // Two clips without their silent edges, 240 ms apart: a pause longer
-    // than pause_ms (200) and shorter than the endpoint (400).
+    // than pause_ms (100) and shorter than the endpoint (400).
     let trim = |v: Vec<i16>| {
         let loud = |s: &i16| s.unsigned_abs() > 400;
         let a = v.iter().position(loud).unwrap_or(0);

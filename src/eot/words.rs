@@ -9,7 +9,9 @@
 //! 1. A transcript whose last word is in [`DANGLING`] (an article, a
 //!    preposition, a conjunction, a possessive, a form of "be", a subject
 //!    pronoun, a filler), or that ends on a comma, a dash or an ellipsis, is
-//!    `Incomplete`; the word rule looks only at the last word.
+//!    `Incomplete`; the word rule looks only at the last word, except that a
+//!    form of "be" right after a subject pronoun ("than he was", "here we
+//!    are", "that's what it is") can end a sentence and gives no sign.
 //! 2. An empty transcript (no words) gives no sign: the words never hold a
 //!    turn that has nothing to say.
 //! 3. The slot rule holds a turn only in a flow node that would otherwise
@@ -41,6 +43,11 @@ pub const DANGLING: &[&str] = &[
     // an intensifier that needs a word after it
     "very",
 ];
+
+/// Forms of "be" that end a sentence after a subject pronoun (invariant 1).
+const BE_FORMS: &[&str] = &["is", "are", "was", "were"];
+/// Subject pronouns after which a form of "be" can end a sentence.
+const SUBJECTS: &[&str] = &["i", "you", "he", "she", "it", "we", "they", "that", "this"];
 
 /// What the words say about the end of the turn.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +96,10 @@ pub fn judge(transcript: &str) -> Words {
     {
         return Words::Incomplete("trails off".into());
     }
-    if DANGLING.contains(&last.as_str()) {
+    let after_subject = words.len() >= 2
+        && BE_FORMS.contains(&last.as_str())
+        && SUBJECTS.contains(&words[words.len() - 2].as_str());
+    if DANGLING.contains(&last.as_str()) && !after_subject {
         return Words::Incomplete(format!("ends on \"{last}\""));
     }
     if trimmed.ends_with('?') || trimmed.ends_with('!') {
@@ -154,6 +164,8 @@ mod tests {
             "I think the answer is...",
             "Could you tell me about the",
             "It's for their",
+            "The weather tomorrow is",
+            "The cheapest flights were",
         ] {
             assert!(incomplete(t), "{t:?} should be incomplete: {:?}", judge(t));
         }
@@ -175,6 +187,10 @@ mod tests {
             "The name is Smith.",
             "Yes, I can.",
             "He was ill.",
+            "He might have been made still more respectable than he was.",
+            "Here we are",
+            "That's what it is.",
+            "I wish I was",
         ] {
             assert!(!incomplete(t), "{t:?} should not be incomplete");
         }

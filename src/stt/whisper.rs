@@ -49,12 +49,13 @@ pub enum AudioCtx {
 }
 
 impl AudioCtx {
-    /// Measured best reduced window on the real recordings (10 clips, 1
-    /// thread): 0.75 s CPU per utterance against 2.0 s for the full window,
-    /// at WER 8.7 % against 6.5 % — opt-in because of the WER cost.
+    /// The pipeline's window: the utterance plus 1 s, at least 250 encoder
+    /// frames (5 s), with the worker's ladder behind it
+    /// (crates/whisper-worker/src/window.rs). Measured on the 10 real
+    /// recordings, 2 threads, quiet: see README "Voice-to-voice latency".
     pub const FIT_DEFAULT: AudioCtx = AudioCtx::Fit {
-        margin_ms: 3000,
-        min_frames: 500,
+        margin_ms: 1000,
+        min_frames: 250,
     };
 }
 
@@ -88,7 +89,7 @@ pub struct Decode {
     pub text: String,
     /// Encoder frames used (1500 = full window).
     pub frames: usize,
-    /// A reduced window was rejected and the full window rerun.
+    /// The fitted window was rejected and a wider one (`frames`) rerun.
     pub fell_back: bool,
     /// Time inside the worker.
     pub elapsed: Duration,

@@ -33,11 +33,13 @@ pub const DEFAULT_MAX_CHARS: usize = 180;
 /// ([`SentenceChunker::with_eager_first_clause`]).
 pub const EAGER_FIRST_CLAUSE_CHARS: usize = 24;
 /// The voice agent's eager first words: the first chunk of a reply may end
-/// at the word boundary after this many words (Piper needs ≈ 170 ms for 4
-/// words against ≈ 340 ms for 12: `VOICE_LATENCY_PIPER_CHUNKS=1 cargo bench
-/// --bench voice_latency`; and the model's tokens for the rest of the
-/// sentence are not waited for).
-pub const EAGER_FIRST_WORDS: usize = 4;
+/// at the word boundary after this many words (Piper's cost grows with the
+/// chunk: `VOICE_LATENCY_PIPER_CHUNKS=1 cargo bench --bench voice_latency`;
+/// and the model's tokens for the rest of the sentence are not waited for).
+/// 3 rather than 4: TTS first chunk 220 → 170 ms p50 in the voice-latency
+/// bench (README), and the rest of the sentence is ready before three words
+/// have played.
+pub const EAGER_FIRST_WORDS: usize = 3;
 /// The smallest useful `max_chars`; smaller values are raised to it.
 pub const MIN_MAX_CHARS: usize = 16;
 

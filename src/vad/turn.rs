@@ -36,6 +36,10 @@ pub struct TurnConfig {
     /// Silence after speech that ends the user's turn (endpointing).
     pub endpoint_ms: u64,
     /// Silence after which a short pause is reported (speculative STT).
+    /// 100 ms: every millisecond here is a millisecond of voice-to-voice
+    /// latency, and a pause that turns out not to be one only costs a
+    /// cancelled decode (the reply waits for `endpoint_ms` or the end-of-turn
+    /// judge anyway).
     pub pause_ms: u64,
     /// Probability above which a frame is voiced while quiet.
     pub on_threshold: f32,
@@ -48,7 +52,7 @@ impl Default for TurnConfig {
         Self {
             start_ms: 80,
             endpoint_ms: 400,
-            pause_ms: 200,
+            pause_ms: 100,
             on_threshold: 0.5,
             off_threshold: 0.35,
         }

@@ -15,7 +15,8 @@
 //!   is skipped if it has not started; a cancel for a finished request is
 //!   ignored.
 //! - reply on stdout, one JSON line per request, in order:
-//!   `{"id":..,"text":..,"frames":..,"fell_back":..,"ms":..,"waited_checks":..}`,
+//!   `{"id":..,"text":..,"frames":..,"fell_back":..,"ms":..,"waited_checks":..}`
+//!   (`frames`: the encoder window that gave `text`; `fell_back`: wider than the fitted one),
 //!   `{"id":..,"cancelled":true,"at":"queued"|"running","checks_after_cancel":..,"ms":..}`
 //!   or `{"id":..,"error":".."}`. `waited_checks` counts the abort checks
 //!   (graph nodes) other requests ran between this request's arrival and
@@ -26,10 +27,10 @@
 //! cancel arrives, while the main thread decodes.
 //!
 //! Decoding is greedy, English, no timestamps, one segment, blank and
-//! non-speech tokens suppressed, no temperature fallback. A fitted encoder
-//! window (utterance + margin) is ≈ 2.7× cheaper than the 30 s window but
-//! can loop; its output is checked by [`looks_degenerate`] and decoded again
-//! with the full window when it fails.
+//! non-speech tokens suppressed, no temperature fallback (whisper.cpp retries
+//! every temperature on a loop, up to 6 decodes). A fitted encoder window
+//! (utterance + margin) is 4–8× cheaper than the 30 s window but can loop;
+//! `window.rs` owns the ladder that catches it.
 //!
 //! # Invariants
 //! 1. One reply line per request, in order; malformed requests get an
@@ -40,6 +41,7 @@
 //!    cleared before the next request starts.
 
 mod abort;
+mod window;
 
 use std::collections::BTreeSet;
 use std::ffi::{c_char, c_void};
@@ -49,9 +51,9 @@ use std::time::Instant;
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
+use window::{fitted_frames, leading_loop, looks_degenerate, rung_frames};
 
 const SAMPLE_RATE: usize = 16_000;
-const FRAMES_PER_SECOND: usize = 50;
 const FULL_CTX: usize = 1500;
 const MAX_SAMPLES: usize = 30 * SAMPLE_RATE;
 const TAG_REQUEST: u8 = 1;
@@ -282,13 +284,6 @@ fn run() -> Result<(), String> {
     }
 }
 
-/// Encoder frames for `samples` with a fitted window, or `None` for the full one.
-fn fitted_frames(samples: usize, margin_ms: usize, min_frames: usize) -> Option<usize> {
-    let ms = samples * 1000 / SAMPLE_RATE + margin_ms;
-    let frames = (ms * FRAMES_PER_SECOND).div_ceil(1000).max(min_frames);
-    (frames < FULL_CTX).then_some(frames)
-}
-
 fn transcribe(
     state: &mut WhisperState,
     threads: i32,
@@ -305,9 +300,23 @@ fn transcribe(
         pcm.resize(SAMPLE_RATE, 0.0);
     }
     if let Some(frames) = fit.and_then(|(m, f)| fitted_frames(pcm.len(), m, f)) {
+        // The ladder of window.rs: fitted, a loop of the whole text trimmed
+        // to one copy, a wider rung, then the full window.
         let text = full(state, threads, &pcm, Some(frames), secs)?;
         if abort::raised() || !looks_degenerate(&text, secs) {
             return Ok((text, frames, false));
+        }
+        if let Some(once) = leading_loop(&text) {
+            return Ok((once, frames, false));
+        }
+        if let Some(rung) = rung_frames(frames) {
+            let text = full(state, threads, &pcm, Some(rung), secs)?;
+            if abort::raised() || !looks_degenerate(&text, secs) {
+                return Ok((text, rung, true));
+            }
+            if let Some(once) = leading_loop(&text) {
+                return Ok((once, rung, true));
+            }
         }
         return Ok((full(state, threads, &pcm, None, secs)?, FULL_CTX, true));
     }
@@ -357,52 +366,6 @@ fn full(
         );
     }
     Ok(text.trim().to_string())
-}
-
-/// Whether a transcript of `secs` seconds of audio looks like a decoding loop:
-/// more words than anyone speaks (> 6 words/s + 3), a word n-gram (n = 1..4)
-/// repeated 4+ times in a row, or text that compresses too well (zlib ratio
-/// > 2.4 on texts of 60+ bytes, Whisper's own criterion).
-pub fn looks_degenerate(text: &str, secs: f32) -> bool {
-    // Words are runs of letters and digits: "old-s-y-y-y" is a loop of "y".
-    let words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    if words.len() as f32 > secs * 6.0 + 3.0 {
-        return true;
-    }
-    for n in 1..=4 {
-        if words.len() < n * 4 {
-            break;
-        }
-        let mut run = 1;
-        let mut i = n;
-        while i + n <= words.len() {
-            if words[i..i + n] == words[i - n..i] {
-                run += 1;
-                if run >= 4 {
-                    return true;
-                }
-                i += n;
-            } else {
-                run = 1;
-                i += 1;
-            }
-        }
-    }
-    if text.len() >= 60 {
-        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        if z.write_all(text.as_bytes()).is_ok() {
-            if let Ok(c) = z.finish() {
-                if !c.is_empty() && text.len() as f32 / c.len() as f32 > 2.4 {
-                    return true;
-                }
-            }
-        }
-    }
-    false
 }
 
 #[cfg(test)]
@@ -456,36 +419,5 @@ mod tests {
         assert!(e.contains("longer than 30 s"), "{e}");
         let mut cut = std::io::Cursor::new(request_bytes(1, &[1, 2, 3])[..20].to_vec());
         assert!(read_msg(&mut cut, &running).is_err());
-    }
-
-    #[test]
-    fn fit_window_covers_the_utterance_plus_margin() {
-        assert_eq!(fitted_frames(16_000, 1000, 150), Some(150));
-        assert_eq!(fitted_frames(16_000 * 5, 1000, 150), Some(300));
-        assert_eq!(fitted_frames(16_000 * 30, 1000, 150), None);
-        assert_eq!(fitted_frames(16_000 * 8, 3000, 500), Some(550));
-    }
-
-    #[test]
-    fn degenerate_output_is_detected() {
-        assert!(looks_degenerate("5 5 5 5 5 5", 2.0));
-        assert!(looks_degenerate("of clubs of clubs of clubs of clubs", 5.0));
-        assert!(looks_degenerate(
-            "the same sentence again. ".repeat(6).as_str(),
-            30.0
-        ));
-        assert!(!looks_degenerate("Ten of clubs.", 1.1));
-        assert!(!looks_degenerate(
-            "He was not an ill-disposed young man.",
-            2.0
-        ));
-        assert!(looks_degenerate(
-            "he was not an old-s-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-y-",
-            3.0
-        ));
-        assert!(!looks_degenerate(
-            "Unless to be rather cold-hearted and rather selfish is to be ill-disposed.",
-            5.3
-        ));
     }
 }
