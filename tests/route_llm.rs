@@ -290,7 +290,7 @@ async fn no_first_token_is_hedged_by_the_next_model_within_the_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stall_after_the_first_token_fails_the_leg_and_the_next_model_answers() {
+async fn a_stall_after_the_first_token_fails_the_leg_and_the_next_model_continues() {
     let hosted = hosted("stally", 100);
     let local = local(200);
     let (r, mut spans) = router(&[&hosted, &local]);
@@ -301,19 +301,22 @@ async fn a_stall_after_the_first_token_fails_the_leg_and_the_next_model_answers(
     hosted.push([
         Script::tokens(["Half", " of", " it"], 100, 20).stall_after(1, Duration::from_secs(60))
     ]);
+    local.push([Script::tokens([" of it, locally."], 200, 20)]);
     let t = turn(&r).await;
     assert_eq!(t.model.as_deref(), Some("embedded/smol"));
     assert_eq!(
-        t.text, "Local answer.",
-        "the restarted reply replaces the stalled text"
+        t.text, "Half of it, locally.",
+        "the local model continues the stalled text"
     );
     assert!(
-        t.items
+        !t.items
             .iter()
             .any(|i| matches!(i, TurnItem::Restart { .. })),
         "{:?}",
         t.items
     );
+    // The silence is the stall limit (3 s) plus the local first token.
+    assert_eq!(t.first_text, Some(ms(100)));
     let legs = legs(&mut spans);
     assert_one_terminal_each(&legs);
     let stalled = &legs
