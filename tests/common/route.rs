@@ -178,3 +178,38 @@ pub fn colloquy_cmd(dir: &std::path::Path) -> std::process::Command {
         .stdin(std::process::Stdio::null());
     c
 }
+
+/// The runtime a stack test runs its servers and agent on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The voice stack of `opts` (on `runtime`).
+pub fn stack(
+    runtime: &tokio::runtime::Runtime,
+    opts: &colloquy::agent::stack::StackOptions,
+    store: &colloquy::models::ModelStore,
+) -> colloquy::agent::stack::VoiceStack {
+    let _g = runtime.enter();
+    colloquy::agent::stack::VoiceStack::build(opts, store).expect("stack")
+}
+
+/// Replays the asset `rel` at `--pace fast` through `stack`'s agent.
+pub fn replay_fast(
+    runtime: &tokio::runtime::Runtime,
+    stack: &colloquy::agent::stack::VoiceStack,
+    rel: &str,
+) -> ReplayReport {
+    let mut opts = ReplayOptions::new(super::asset(rel));
+    opts.pace = Pace::Fast;
+    replay(
+        &opts,
+        stack.agent(runtime.handle().clone()),
+        SessionConfig::default(),
+    )
+    .expect("replay")
+}
