@@ -100,14 +100,8 @@ async fn turn(r: &Arc<Router>) -> Turn {
 /// Per leg: (model, span kinds), once every leg has ended.
 async fn legs(rx: &mut broadcast::Receiver<SpanEvent>) -> Vec<(String, Vec<SpanKind>)> {
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut out: Vec<(u64, String, Vec<SpanKind>)> = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        match out.iter_mut().find(|(id, _, _)| *id == e.request_id) {
-            Some((_, _, k)) => k.push(e.kind),
-            None => out.push((e.request_id, e.model.clone(), vec![e.kind])),
-        }
-    }
-    for (_, model, kinds) in &out {
+    let out = common::route::legs(rx);
+    for (model, kinds) in &out {
         assert_eq!(
             kinds.iter().filter(|k| k.is_terminal()).count(),
             1,
@@ -115,7 +109,7 @@ async fn legs(rx: &mut broadcast::Receiver<SpanEvent>) -> Vec<(String, Vec<SpanK
         );
         assert!(kinds.last().is_some_and(SpanKind::is_terminal));
     }
-    out.into_iter().map(|(_, m, k)| (m, k)).collect()
+    out
 }
 
 fn last_message(body: &serde_json::Value) -> (String, String) {

@@ -12,6 +12,8 @@
 //! provider name (the router treats it as local: never shadowed, load-aware);
 //! `tests/route_stages.rs` runs the real embedded models as the fallback.
 
+mod common;
+
 use colloquy::frame::CancelReason;
 use colloquy::llm::leg::LegModel;
 use colloquy::llm::retry::RetryPolicy;
@@ -22,6 +24,7 @@ use colloquy::llm::{
     CancelSignal, ChatDelta, ChatMessage, ChatModel, ChatRequest, LegRunner, LegTimeouts,
     LlmConfig, Router, RouterPolicy, SpanSink, Telemetry, TurnItem, WindowConfig,
 };
+use common::route::legs;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -128,18 +131,6 @@ async fn turn(router: &Arc<Router>) -> Turn {
 /// Lets shadowed losers run out (their cap is 3 s) so every leg has ended.
 async fn settle() {
     tokio::time::sleep(Duration::from_secs(5)).await;
-}
-
-/// Every span event so far, grouped per request: (model, kinds).
-fn legs(rx: &mut broadcast::Receiver<SpanEvent>) -> Vec<(String, Vec<SpanKind>)> {
-    let mut out: Vec<(u64, String, Vec<SpanKind>)> = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        match out.iter_mut().find(|(id, _, _)| *id == e.request_id) {
-            Some((_, _, kinds)) => kinds.push(e.kind),
-            None => out.push((e.request_id, e.model.clone(), vec![e.kind])),
-        }
-    }
-    out.into_iter().map(|(_, m, k)| (m, k)).collect()
 }
 
 fn assert_one_terminal_each(legs: &[(String, Vec<SpanKind>)]) {

@@ -33,7 +33,7 @@ use colloquy::route::{RouteNote, RoutePolicy, StageCandidate};
 use colloquy::tts::routed::RoutedTts;
 use colloquy::tts::{Speech, TextToSpeech, TtsError};
 use colloquy::turn::{Coordinator, CoordinatorConfig, Outcome, Playout};
-use common::route::{self, FixedStt, ToneTts};
+use common::route::{self, legs, FixedStt, ToneTts};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -137,18 +137,6 @@ fn session(agent: Arc<dyn Agent>) -> Rig {
         _out: out,
         results,
     }
-}
-
-/// Per leg (request id): its model and its span events' kinds, in order.
-fn legs(rx: &mut broadcast::Receiver<SpanEvent>) -> Vec<(String, Vec<SpanKind>)> {
-    let mut out: Vec<(u64, String, Vec<SpanKind>)> = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        match out.iter_mut().find(|(id, _, _)| *id == e.request_id) {
-            Some((_, _, kinds)) => kinds.push(e.kind),
-            None => out.push((e.request_id, e.model.clone(), vec![e.kind])),
-        }
-    }
-    out.into_iter().map(|(_, m, k)| (m, k)).collect()
 }
 
 fn terminals(kinds: &[SpanKind]) -> Vec<&SpanKind> {

@@ -213,3 +213,17 @@ pub fn replay_fast(
     )
     .expect("replay")
 }
+
+/// Every span event received so far, grouped per request: (model, kinds).
+pub fn legs(
+    rx: &mut tokio::sync::broadcast::Receiver<colloquy::llm::span::SpanEvent>,
+) -> Vec<(String, Vec<colloquy::llm::span::SpanKind>)> {
+    let mut out: Vec<(u64, String, Vec<colloquy::llm::span::SpanKind>)> = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        match out.iter_mut().find(|(id, _, _)| *id == e.request_id) {
+            Some((_, _, kinds)) => kinds.push(e.kind),
+            None => out.push((e.request_id, e.model.clone(), vec![e.kind])),
+        }
+    }
+    out.into_iter().map(|(_, m, k)| (m, k)).collect()
+}
