@@ -39,8 +39,10 @@ fn replay_cli(base: &str, dir: &std::path::Path) -> Vec<serde_json::Value> {
         .expect("run colloquy replay");
     assert!(
         out.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "replay failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
     std::fs::read_to_string(&events)
         .expect("events")
