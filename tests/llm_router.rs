@@ -176,6 +176,25 @@ async fn a_rate_limited_model_cools_down_for_its_ttl_and_the_turn_falls_back() {
     assert!(plan.healthy >= 2, "a is healthy again: {plan:?}");
 }
 
+/// A turn whose consumer plays audio from its first text on.
+async fn turn_with_audio(r: &Arc<Router>) -> Vec<TurnItem> {
+    let cancel = CancelSignal::new(CancellationToken::new(), CancelReason::Shutdown);
+    let mut reply = r.start_turn(
+        ChatRequest::new(vec![ChatMessage::user("x")]),
+        2,
+        Instant::now() + Duration::from_secs(9),
+        cancel,
+    );
+    let mut items = Vec::new();
+    while let Some(i) = reply.next().await {
+        if matches!(i, TurnItem::Delta(ChatDelta::Text(_))) {
+            reply.mark_audio_played();
+        }
+        items.push(i);
+    }
+    items
+}
+
 /// The texts of a turn's items, and whether a restart came.
 fn texts(items: &[TurnItem]) -> (Vec<String>, bool) {
     let texts = items
@@ -215,21 +234,7 @@ async fn a_mid_stream_failure_is_continued_by_the_next_model_before_and_after_au
     );
 
     // Same failure, but the consumer already played audio: still continued.
-    let cancel = CancelSignal::new(CancellationToken::new(), CancelReason::Shutdown);
-    let r2 = router(&[a.clone(), b.clone()], policy(0.0), no_retry());
-    let mut reply = r2.start_turn(
-        ChatRequest::new(vec![ChatMessage::user("x")]),
-        2,
-        Instant::now() + Duration::from_secs(9),
-        cancel,
-    );
-    let mut items = Vec::new();
-    while let Some(i) = reply.next().await {
-        if matches!(i, TurnItem::Delta(ChatDelta::Text(_))) {
-            reply.mark_audio_played();
-        }
-        items.push(i);
-    }
+    let items = turn_with_audio(&router(&[a.clone(), b.clone()], policy(0.0), no_retry())).await;
     assert_eq!(texts(&items).0.concat(), "t0 t1 fine", "{items:?}");
     assert!(
         matches!(items.last(), Some(TurnItem::Done { model }) if model == "p/b"),
@@ -263,23 +268,10 @@ async fn a_failure_after_only_whitespace_restarts_before_audio_and_fails_after()
     assert_eq!(b.requests()[0].messages.len(), 1, "a fresh request to b");
 
     // Same failure once audio played: nothing to continue, the turn fails.
-    let cancel = CancelSignal::new(CancellationToken::new(), CancelReason::Shutdown);
-    let r2 = router(&[a.clone(), b.clone()], policy(0.0), no_retry());
-    let mut reply = r2.start_turn(
-        ChatRequest::new(vec![ChatMessage::user("x")]),
-        2,
-        Instant::now() + Duration::from_secs(9),
-        cancel,
-    );
-    let mut last = None;
-    while let Some(i) = reply.next().await {
-        if matches!(i, TurnItem::Delta(ChatDelta::Text(_))) {
-            reply.mark_audio_played();
-        }
-        last = Some(i);
-    }
+    let items = turn_with_audio(&router(&[a.clone(), b.clone()], policy(0.0), no_retry())).await;
+    let last = items.last();
     assert!(
-        matches!(last, Some(TurnItem::Failed(ref e)) if e.class == ErrorClass::Server),
+        matches!(last, Some(TurnItem::Failed(e)) if e.class == ErrorClass::Server),
         "{last:?}"
     );
 }

@@ -13,7 +13,7 @@ use colloquy::frame::Event;
 use colloquy::llm::testkit::{Script, ScriptedModel};
 use colloquy::llm::{LegTimeouts, RouterPolicy};
 use colloquy::transport::file::ReplayReport;
-use common::route;
+use common::route::{self, said_and_committed};
 use std::sync::Arc;
 
 fn answer(tokens: Vec<String>) -> (ReplayReport, Arc<ScriptedModel>) {
@@ -41,22 +41,6 @@ fn answer(tokens: Vec<String>) -> (ReplayReport, Arc<ScriptedModel>) {
 fn repeat(text: &str, times: usize) -> Vec<String> {
     let words: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
     (0..times).flat_map(|_| words.clone()).collect()
-}
-
-/// What the bot said (its chunks, in order) and what the turn committed.
-fn said_and_committed(report: &ReplayReport) -> (Vec<String>, String) {
-    let said = report
-        .events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::BotText { text, .. } => Some(text.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(report.committed.len(), 1, "events: {:?}", report.events);
-    let answer = report.committed[0].messages.last().expect("answer");
-    assert!(!answer.interrupted);
-    (said, answer.content.clone())
 }
 
 fn check_stopped(report: &ReplayReport, model: &ScriptedModel, said: &[String], committed: &str) {

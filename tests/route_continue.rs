@@ -306,24 +306,10 @@ fn the_committed_reply_is_what_was_spoken_across_the_two_models() {
         },
         timeouts,
     );
-    let said: Vec<String> = report
-        .events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::BotText { text, .. } => Some(text.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(report.committed.len(), 1, "events: {:?}", report.events);
-    let answer = report.committed[0].messages.last().expect("answer");
-    assert_eq!(answer.role, Role::Assistant);
+    let (said, committed) = common::route::said_and_committed(&report);
+    assert_eq!(committed, said.join(" "), "committed is what was spoken");
     assert_eq!(
-        answer.content,
-        said.join(" "),
-        "committed is what was spoken"
-    );
-    assert_eq!(
-        answer.content, "The first sentence is here. And the second one ends here.",
+        committed, "The first sentence is here. And the second one ends here.",
         "{said:?}"
     );
     let asked = local.requests();

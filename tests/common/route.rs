@@ -227,3 +227,20 @@ pub fn legs(
     }
     out.into_iter().map(|(_, m, k)| (m, k)).collect()
 }
+
+/// What the bot said (its chunks, in order) and the one committed answer
+/// (not interrupted).
+pub fn said_and_committed(report: &ReplayReport) -> (Vec<String>, String) {
+    let said = report
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            colloquy::frame::Event::BotText { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(report.committed.len(), 1, "events: {:?}", report.events);
+    let answer = report.committed[0].messages.last().expect("answer");
+    assert!(!answer.interrupted);
+    (said, answer.content.clone())
+}
