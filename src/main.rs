@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod eot_args;
+mod quiet_exit;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -330,6 +331,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }));
     if let Some(stack) = STACK.get() {
         stack.save();
+        quiet_exit::quiesce(stack);
     }
     served?;
     Ok(())
@@ -533,6 +535,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(stack) = STACK.get() {
                 stack.save();
+                quiet_exit::quiesce(stack);
             }
             Ok(())
         }
@@ -683,6 +686,7 @@ mod local {
         let report = transport::run(&opts, agent, session_config(pipeline)?, stop);
         if let Some(stack) = super::STACK.get() {
             stack.save();
+            super::quiet_exit::quiesce(stack);
         }
         let report = report?;
         let c = &report.counters;

@@ -1,7 +1,8 @@
 //! The router on a paused clock: it moves to the faster model when latencies
 //! change and returns when the first recovers, without flapping between
 //! near-equal models; a 429 puts a model in cooldown until its TTL; a leg that
-//! fails before any audio falls back to the next model in the same turn (also
+//! fails mid-stream is continued by the next model; one that fails before its
+//! first token falls back to the next model in the same turn (also
 //! through the real HTTP client); the store round-trips through a file.
 
 use colloquy::frame::CancelReason;
@@ -175,12 +176,79 @@ async fn a_rate_limited_model_cools_down_for_its_ttl_and_the_turn_falls_back() {
     assert!(plan.healthy >= 2, "a is healthy again: {plan:?}");
 }
 
+/// A turn whose consumer plays audio from its first text on.
+async fn turn_with_audio(r: &Arc<Router>) -> Vec<TurnItem> {
+    let cancel = CancelSignal::new(CancellationToken::new(), CancelReason::Shutdown);
+    let mut reply = r.start_turn(
+        ChatRequest::new(vec![ChatMessage::user("x")]),
+        2,
+        Instant::now() + Duration::from_secs(9),
+        cancel,
+    );
+    let mut items = Vec::new();
+    while let Some(i) = reply.next().await {
+        if matches!(i, TurnItem::Delta(ChatDelta::Text(_))) {
+            reply.mark_audio_played();
+        }
+        items.push(i);
+    }
+    items
+}
+
+/// The texts of a turn's items, and whether a restart came.
+fn texts(items: &[TurnItem]) -> (Vec<String>, bool) {
+    let texts = items
+        .iter()
+        .filter_map(|i| match i {
+            TurnItem::Delta(ChatDelta::Text(t)) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    let restart = items.iter().any(|i| matches!(i, TurnItem::Restart { .. }));
+    (texts, restart)
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_mid_stream_failure_before_audio_restarts_on_the_next_model_but_not_after_audio() {
+async fn a_mid_stream_failure_is_continued_by_the_next_model_before_and_after_audio() {
     let broken = || {
         Script::n_tokens(5, 50, 10).fail_after(2, LlmError::new(ErrorClass::Server, "p", "boom"))
     };
     let a = Arc::new(ScriptedModel::new("p", "a", broken()));
+    let b = Arc::new(ScriptedModel::new(
+        "p",
+        "b",
+        Script::tokens(["fine"], 50, 10),
+    ));
+    let r = router(&[a.clone(), b.clone()], policy(0.0), no_retry());
+    let (model, items) = turn(&r).await;
+    assert_eq!(model.as_deref(), Some("p/b"));
+    assert_eq!(
+        texts(&items),
+        (vec!["t0 ".into(), "t1 ".into(), "fine".into()], false),
+        "b continues what a said: {items:?}"
+    );
+    let asked = b.requests();
+    assert_eq!(
+        asked[0].messages.last(),
+        Some(&ChatMessage::assistant("t0 t1 "))
+    );
+
+    // Same failure, but the consumer already played audio: still continued.
+    let items = turn_with_audio(&router(&[a.clone(), b.clone()], policy(0.0), no_retry())).await;
+    assert_eq!(texts(&items).0.concat(), "t0 t1 fine", "{items:?}");
+    assert!(
+        matches!(items.last(), Some(TurnItem::Done { model }) if model == "p/b"),
+        "{items:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_after_only_whitespace_restarts_before_audio_and_fails_after() {
+    let blank = || {
+        Script::tokens([" ", "x"], 50, 10)
+            .fail_after(1, LlmError::new(ErrorClass::Server, "p", "boom"))
+    };
+    let a = Arc::new(ScriptedModel::new("p", "a", blank()));
     let b = Arc::new(ScriptedModel::new(
         "p",
         "b",
@@ -197,25 +265,13 @@ async fn a_mid_stream_failure_before_audio_restarts_on_the_next_model_but_not_af
         matches!(&items[restart], TurnItem::Restart { model, after: ErrorClass::Server } if model == "p/b")
     );
     assert!(matches!(&items[restart + 1], TurnItem::Delta(ChatDelta::Text(t)) if t == "fine"));
+    assert_eq!(b.requests()[0].messages.len(), 1, "a fresh request to b");
 
-    // Same failure, but the consumer already played audio: the turn fails.
-    let cancel = CancelSignal::new(CancellationToken::new(), CancelReason::Shutdown);
-    let r2 = router(&[a.clone(), b.clone()], policy(0.0), no_retry());
-    let mut reply = r2.start_turn(
-        ChatRequest::new(vec![ChatMessage::user("x")]),
-        2,
-        Instant::now() + Duration::from_secs(9),
-        cancel,
-    );
-    let mut last = None;
-    while let Some(i) = reply.next().await {
-        if matches!(i, TurnItem::Delta(ChatDelta::Text(_))) {
-            reply.mark_audio_played();
-        }
-        last = Some(i);
-    }
+    // Same failure once audio played: nothing to continue, the turn fails.
+    let items = turn_with_audio(&router(&[a.clone(), b.clone()], policy(0.0), no_retry())).await;
+    let last = items.last();
     assert!(
-        matches!(last, Some(TurnItem::Failed(ref e)) if e.class == ErrorClass::Server),
+        matches!(last, Some(TurnItem::Failed(e)) if e.class == ErrorClass::Server),
         "{last:?}"
     );
 }

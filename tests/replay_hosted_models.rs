@@ -6,20 +6,14 @@
 //! `first_token`, `completed`) next to the turn's events.
 
 mod common;
-use colloquy::agent::stack::{StackOptions, VoiceStack};
+use colloquy::agent::stack::StackOptions;
 use colloquy::frame::Event;
 use colloquy::llm::testkit::{FakeOpenAi, Reply};
 use colloquy::models::ModelStore;
-use colloquy::session::SessionConfig;
-use colloquy::transport::file::{replay, Pace, ReplayOptions};
 
 #[test]
 fn a_failing_hosted_model_falls_back_within_the_turn_and_spans_reach_the_log() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::route::runtime();
     let (one, two) = runtime.block_on(async {
         (
             FakeOpenAi::start().await.expect("server one"),
@@ -43,18 +37,8 @@ fn a_failing_hosted_model_falls_back_within_the_turn_and_spans_reach_the_log() {
     };
     // No embedded model is touched: an empty store would fail if it were.
     let store = ModelStore::new(tempfile::tempdir().expect("tempdir").path());
-    let stack = {
-        let _g = runtime.enter();
-        VoiceStack::build(&opts, &store).expect("hosted stack")
-    };
-    let mut ropts = ReplayOptions::new(common::asset("speech/q-france.wav"));
-    ropts.pace = Pace::Fast;
-    let report = replay(
-        &ropts,
-        stack.agent(runtime.handle().clone()),
-        SessionConfig::default(),
-    )
-    .expect("replay");
+    let stack = common::route::stack(&runtime, &opts, &store);
+    let report = common::route::replay_fast(&runtime, &stack, "speech/q-france.wav");
 
     assert_eq!(report.committed.len(), 1, "events: {:#?}", report.events);
     let round = &report.committed[0].messages;

@@ -8,21 +8,15 @@
 
 mod common;
 use colloquy::agent::served::Served;
-use colloquy::agent::stack::{StackOptions, StoreLocation, VoiceStack};
+use colloquy::agent::stack::{StackOptions, StoreLocation};
 use colloquy::llm::testkit::{FakeOpenAi, Reply};
-use colloquy::session::SessionConfig;
-use colloquy::transport::file::{replay, Pace, ReplayOptions};
 
 #[test]
 fn a_failing_hosted_provider_hands_every_stage_to_the_embedded_models() {
     let Some(store) = common::models_or_skip() else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::route::runtime();
     let server = runtime.block_on(async { FakeOpenAi::start().await.expect("server") });
     server.set_default(Reply::status(500));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -37,18 +31,8 @@ fn a_failing_hosted_provider_hands_every_stage_to_the_embedded_models() {
         stt_threads: 2,
         ..StackOptions::default()
     };
-    let stack = {
-        let _g = runtime.enter();
-        VoiceStack::build(&opts, &store).expect("stack")
-    };
-    let mut ropts = ReplayOptions::new(common::asset("speech/q-france.wav"));
-    ropts.pace = Pace::Fast;
-    let report = replay(
-        &ropts,
-        stack.agent(runtime.handle().clone()),
-        SessionConfig::default(),
-    )
-    .expect("replay");
+    let stack = common::route::stack(&runtime, &opts, &store);
+    let report = common::route::replay_fast(&runtime, &stack, "speech/q-france.wav");
     assert_eq!(report.committed.len(), 1, "events: {:#?}", report.events);
     let round = &report.committed[0];
     let user = &round.messages[0].content;

@@ -12,6 +12,8 @@
 //! provider name (the router treats it as local: never shadowed, load-aware);
 //! `tests/route_stages.rs` runs the real embedded models as the fallback.
 
+mod common;
+
 use colloquy::frame::CancelReason;
 use colloquy::llm::leg::LegModel;
 use colloquy::llm::retry::RetryPolicy;
@@ -22,6 +24,7 @@ use colloquy::llm::{
     CancelSignal, ChatDelta, ChatMessage, ChatModel, ChatRequest, LegRunner, LegTimeouts,
     LlmConfig, Router, RouterPolicy, SpanSink, Telemetry, TurnItem, WindowConfig,
 };
+use common::route::legs;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -128,18 +131,6 @@ async fn turn(router: &Arc<Router>) -> Turn {
 /// Lets shadowed losers run out (their cap is 3 s) so every leg has ended.
 async fn settle() {
     tokio::time::sleep(Duration::from_secs(5)).await;
-}
-
-/// Every span event so far, grouped per request: (model, kinds).
-fn legs(rx: &mut broadcast::Receiver<SpanEvent>) -> Vec<(String, Vec<SpanKind>)> {
-    let mut out: Vec<(u64, String, Vec<SpanKind>)> = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        match out.iter_mut().find(|(id, _, _)| *id == e.request_id) {
-            Some((_, _, kinds)) => kinds.push(e.kind),
-            None => out.push((e.request_id, e.model.clone(), vec![e.kind])),
-        }
-    }
-    out.into_iter().map(|(_, m, k)| (m, k)).collect()
 }
 
 fn assert_one_terminal_each(legs: &[(String, Vec<SpanKind>)]) {
@@ -290,7 +281,7 @@ async fn no_first_token_is_hedged_by_the_next_model_within_the_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stall_after_the_first_token_fails_the_leg_and_the_next_model_answers() {
+async fn a_stall_after_the_first_token_fails_the_leg_and_the_next_model_continues() {
     let hosted = hosted("stally", 100);
     let local = local(200);
     let (r, mut spans) = router(&[&hosted, &local]);
@@ -301,19 +292,22 @@ async fn a_stall_after_the_first_token_fails_the_leg_and_the_next_model_answers(
     hosted.push([
         Script::tokens(["Half", " of", " it"], 100, 20).stall_after(1, Duration::from_secs(60))
     ]);
+    local.push([Script::tokens([" of it, locally."], 200, 20)]);
     let t = turn(&r).await;
     assert_eq!(t.model.as_deref(), Some("embedded/smol"));
     assert_eq!(
-        t.text, "Local answer.",
-        "the restarted reply replaces the stalled text"
+        t.text, "Half of it, locally.",
+        "the local model continues the stalled text"
     );
     assert!(
-        t.items
+        !t.items
             .iter()
             .any(|i| matches!(i, TurnItem::Restart { .. })),
         "{:?}",
         t.items
     );
+    // The silence is the stall limit (3 s) plus the local first token.
+    assert_eq!(t.first_text, Some(ms(100)));
     let legs = legs(&mut spans);
     assert_one_terminal_each(&legs);
     let stalled = &legs

@@ -9,20 +9,14 @@
 
 mod common;
 use colloquy::agent::served::Served;
-use colloquy::agent::stack::{StackOptions, StoreLocation, VoiceStack};
-use colloquy::session::SessionConfig;
-use colloquy::transport::file::{replay, Pace, ReplayOptions};
+use colloquy::agent::stack::{StackOptions, StoreLocation};
 
 #[test]
 fn with_no_network_the_embedded_models_answer_every_stage() {
     let Some(store) = common::models_or_skip() else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = common::route::runtime();
     let base = "http://192.0.2.1:9/v1";
     let opts = StackOptions {
         llm: vec![format!("{base}::gpt-x"), "embedded".into()],
@@ -33,18 +27,8 @@ fn with_no_network_the_embedded_models_answer_every_stage() {
         stt_threads: 2,
         ..StackOptions::default()
     };
-    let stack = {
-        let _g = runtime.enter();
-        VoiceStack::build(&opts, &store).expect("stack")
-    };
-    let mut ropts = ReplayOptions::new(common::asset("speech/q-france.wav"));
-    ropts.pace = Pace::Fast;
-    let report = replay(
-        &ropts,
-        stack.agent(runtime.handle().clone()),
-        SessionConfig::default(),
-    )
-    .expect("replay");
+    let stack = common::route::stack(&runtime, &opts, &store);
+    let report = common::route::replay_fast(&runtime, &stack, "speech/q-france.wav");
     assert_eq!(report.committed.len(), 1, "events: {:#?}", report.events);
     let round = &report.committed[0];
     assert!(

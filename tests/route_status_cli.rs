@@ -7,34 +7,14 @@
 //! is loaded; no session connects, so no candidate is ever asked and
 //! nothing leaves the machine). Its state and journal live in a temp dir.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BASE: &str = "http://127.0.0.1:9/v1";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// The binary with its state (telemetry store, journal) under `dir`.
-fn colloquy(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_colloquy"));
-    c.env("XDG_STATE_HOME", dir.join("state"))
-        .env("XDG_DATA_HOME", dir.join("data"))
-        .env("OPENAI_API_KEY", "test-key")
-        .env("COLLOQUY_JOURNAL", dir.join("journal.db"))
-        .env_remove("COLLOQUY_LLM")
-        .env_remove("COLLOQUY_STT")
-        .env_remove("COLLOQUY_TTS")
-        .env_remove("COLLOQUY_CONFIG")
-        .stdin(Stdio::null());
-    c
-}
+use common::route::{colloquy_cmd as colloquy, free_port};
 
 #[test]
 fn serve_saves_the_store_at_shutdown_and_status_lists_untried_candidates() {

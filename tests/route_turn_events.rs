@@ -1,7 +1,9 @@
 //! What a routed turn tells in its events (issue 13).
 //!
 //! Hedges show in `turn_latency`: which candidate won, which started as a
-//! probe, a hedge or a fallback, and when.
+//! probe, a hedge or a fallback, and when. A race decided after the first
+//! audio (an LLM continuation after a stall, a later sentence's voice
+//! falling back) is a `route` event of its own.
 //!
 //! Cancel reasons travel with the cancel: the coordinator's job
 //! token carries why it was cancelled, and every LLM leg of the job ends
@@ -16,60 +18,26 @@
 //! legs) runs on a paused tokio clock with scripted models, a fixed
 //! transcript and a tone voice.
 
+mod common;
+
 use async_trait::async_trait;
 use colloquy::agent::voice::{VoiceAgent, VoiceOptions};
 use colloquy::agent::{Agent, CostMode};
 use colloquy::audio::output_ring;
 use colloquy::frame::{CancelReason, Event};
-use colloquy::llm::leg::LegModel;
-use colloquy::llm::retry::RetryPolicy;
 use colloquy::llm::span::{SpanEvent, SpanKind};
-use colloquy::llm::telemetry::StoreClock;
 use colloquy::llm::testkit::{Script, ScriptedModel};
-use colloquy::llm::{
-    ChatModel, LegRunner, LegTimeouts, Router, RouterPolicy, SpanSink, Telemetry, TelemetryStore,
-    WindowConfig,
-};
+use colloquy::llm::{ErrorClass, LegTimeouts, LlmError, RouterPolicy};
 use colloquy::route::note::{AttemptNote, End, Why};
-use colloquy::route::RouteNote;
-use colloquy::stt::{SpeechToText, SttError, Transcript};
+use colloquy::route::{RouteNote, RoutePolicy, StageCandidate};
+use colloquy::tts::routed::RoutedTts;
 use colloquy::tts::{Speech, TextToSpeech, TtsError};
 use colloquy::turn::{Coordinator, CoordinatorConfig, Outcome, Playout};
+use common::route::{self, legs, FixedStt, ToneTts};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-
-struct FixedStt;
-
-#[async_trait]
-impl SpeechToText for FixedStt {
-    fn name(&self) -> &str {
-        "fixed"
-    }
-    async fn transcribe(&self, _: &[i16], _: &CancellationToken) -> Result<Transcript, SttError> {
-        Ok(Transcript {
-            text: "Tell me a story.".into(),
-        })
-    }
-}
-
-/// 10 ms of a quiet tone per character.
-struct ToneTts;
-
-#[async_trait]
-impl TextToSpeech for ToneTts {
-    fn name(&self) -> &str {
-        "tone"
-    }
-    async fn synthesize(&self, text: &str, _: &CancellationToken) -> Result<Speech, TtsError> {
-        let n = text.chars().count() * 160;
-        Ok(Speech {
-            samples: (0..n).map(|i| ((i % 40) as i16 - 20) * 100).collect(),
-            sample_rate: 16_000,
-        })
-    }
-}
 
 struct Rig {
     coord: Coordinator,
@@ -107,41 +75,39 @@ fn agent(
     seeds: &[(&str, u64, u64)],
     local_first: bool,
 ) -> Arc<dyn Agent> {
+    agent_with_tts(hosted, local, seeds, local_first, Arc::new(ToneTts(160)))
+}
+
+/// [`agent`] speaking with `tts`.
+fn agent_with_tts(
+    hosted: Script,
+    local: Script,
+    seeds: &[(&str, u64, u64)],
+    local_first: bool,
+    tts: Arc<dyn TextToSpeech>,
+) -> Arc<dyn Agent> {
     let h = Arc::new(ScriptedModel::new("h", "fast", hosted));
     let local = Arc::new(ScriptedModel::new("embedded", "smol", local));
-    let telemetry = Telemetry::new(
-        TelemetryStore::new(WindowConfig::default()),
-        StoreClock::at(1_000),
-    );
-    for &(key, first, total) in seeds {
-        for _ in 0..3 {
-            let ms = Duration::from_millis;
-            telemetry.record_served(key, Some(ms(first)), Some(ms(total)), None);
-        }
-    }
-    let runner = LegRunner::new(
-        SpanSink::new(4096),
-        telemetry,
-        RetryPolicy::default(),
-        LegTimeouts::default(),
-    );
     let policy = RouterPolicy {
         exploration_rate: 0.0,
         seed: Some(3),
         ..RouterPolicy::default()
     };
-    let mut candidates = vec![
-        LegModel::new(h as Arc<dyn ChatModel>, None),
-        LegModel::new(local as Arc<dyn ChatModel>, None),
-    ];
-    if local_first {
-        candidates.reverse();
-    }
-    let router = Arc::new(Router::new(candidates, runner, policy));
+    let models = if local_first {
+        [&local, &h]
+    } else {
+        [&h, &local]
+    };
+    let router = route::scripted_router(
+        &models,
+        route::seeded(seeds),
+        policy,
+        LegTimeouts::default(),
+    );
     Arc::new(VoiceAgent::new(
-        Arc::new(FixedStt),
+        Arc::new(FixedStt("Tell me a story.")),
         router,
-        Arc::new(ToneTts),
+        tts,
         VoiceOptions::default(),
         tokio::runtime::Handle::current(),
     ))
@@ -171,18 +137,6 @@ fn session(agent: Arc<dyn Agent>) -> Rig {
         _out: out,
         results,
     }
-}
-
-/// Per leg (request id): its model and its span events' kinds, in order.
-fn legs(rx: &mut broadcast::Receiver<SpanEvent>) -> Vec<(String, Vec<SpanKind>)> {
-    let mut out: Vec<(u64, String, Vec<SpanKind>)> = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        match out.iter_mut().find(|(id, _, _)| *id == e.request_id) {
-            Some((_, _, kinds)) => kinds.push(e.kind),
-            None => out.push((e.request_id, e.model.clone(), vec![e.kind])),
-        }
-    }
-    out.into_iter().map(|(_, m, k)| (m, k)).collect()
 }
 
 fn terminals(kinds: &[SpanKind]) -> Vec<&SpanKind> {
@@ -449,4 +403,164 @@ async fn three_sessions_at_once_overflow_from_the_busy_local_model_to_the_hosted
     // loop's 10 ms step is the only slack.
     assert_eq!(latency[0].0, 360, "{latency:?}");
     assert_eq!((latency[1].0, latency[2].0), (520, 520), "{latency:?}");
+}
+
+/// Runs one turn for `virtual_ms`, feeding the job's reports to the
+/// coordinator every 20 ms; returns its events.
+async fn events_for(mut r: Rig, virtual_ms: u64) -> Vec<Event> {
+    r.coord
+        .on_user_stopped(&[0i16; 16_000], 1_000, 1_000, 1_000);
+    let mut now = 1_000;
+    let mut events = Vec::new();
+    while now < 1_000 + virtual_ms {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now += 20;
+        while let Ok(msg) = r.results.try_recv() {
+            r.coord.on_message(msg, now);
+        }
+        events.extend(r.coord.drain_events().map(|e| e.event));
+    }
+    events
+}
+
+/// The notes of `turn_latency` and of each later `route` event, in order.
+fn notes(events: &[Event]) -> (Vec<RouteNote>, Vec<RouteNote>) {
+    let latency = events
+        .iter()
+        .find_map(|e| match e {
+            Event::TurnLatency { routes, .. } => Some(routes.clone()),
+            _ => None,
+        })
+        .expect("turn_latency");
+    let later = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Route { route, .. } => Some(route.clone()),
+            _ => None,
+        })
+        .collect();
+    (latency, later)
+}
+
+fn bot_text(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BotText { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_continuation_after_the_first_audio_is_a_route_event() {
+    // Warm, hosted leads: its first sentence plays, then it stalls mid-way
+    // through the second; after the 3 s stall limit the local model
+    // continues the text.
+    let r = rig_with(
+        Script::tokens(["First sentence here. ", "And the sec", "ond"], 100, 50)
+            .stall_after(2, Duration::from_secs(60)),
+        Script::tokens(["ond one."], 100, 10),
+        true,
+    );
+    let events = events_for(r, 6_000).await;
+    let (latency, later) = notes(&events);
+    assert_eq!(latency.len(), 1, "{latency:?}");
+    assert_eq!(latency[0].winner.as_deref(), Some("h/fast"));
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0].stage, "llm");
+    assert_eq!(later[0].winner.as_deref(), Some("embedded/smol"));
+    // The stalled leg is not tried again; the local one continues.
+    assert_eq!(
+        later[0].attempts,
+        [attempt("embedded/smol", Why::Continue, 0, End::Won, 100)]
+    );
+    let said = bot_text(&events);
+    assert_eq!(said.join(" "), "First sentence here. And the second one.");
+}
+
+/// A hosted voice whose first sentence works and every later one fails
+/// (HTTP 500).
+struct FlakyVoice(std::sync::atomic::AtomicUsize);
+
+#[async_trait]
+impl TextToSpeech for FlakyVoice {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+    async fn synthesize(&self, text: &str, cancel: &CancellationToken) -> Result<Speech, TtsError> {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return ToneTts(160).synthesize(text, cancel).await;
+        }
+        let mut error = LlmError::new(ErrorClass::Server, "hosted", "scripted 500");
+        error.status = Some(500);
+        Err(TtsError::Hosted {
+            backend: "hosted".into(),
+            error,
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_sentence_falling_back_to_the_local_voice_is_a_route_event() {
+    let tts = RoutedTts::new(
+        vec![
+            StageCandidate {
+                name: "hosted/flaky".into(),
+                backend: Arc::new(FlakyVoice(Default::default())) as Arc<dyn TextToSpeech>,
+                local: false,
+            },
+            StageCandidate {
+                name: "embedded/tone".into(),
+                backend: Arc::new(ToneTts(160)),
+                local: true,
+            },
+        ],
+        RoutePolicy {
+            probe: false,
+            exploration_rate: 0.0,
+            ..RoutePolicy::default()
+        },
+        route::telemetry(),
+    );
+    let hosted = Script::tokens(
+        ["First sentence here. ", "Second sentence here. ", "Third."],
+        100,
+        50,
+    );
+    let agent = agent_with_tts(
+        hosted,
+        Script::n_tokens(5, 1_000, 50),
+        &[("h/fast", 100, 500), ("embedded/smol", 100, 500)],
+        false,
+        Arc::new(tts),
+    );
+    let events = events_for(session(agent), 3_000).await;
+    let (latency, later) = notes(&events);
+    // Before the first audio: the LLM race and the first chunk's voice.
+    let tts_first: Vec<&RouteNote> = latency.iter().filter(|n| n.stage == "tts").collect();
+    assert_eq!(tts_first.len(), 1, "{latency:?}");
+    assert_eq!(tts_first[0].winner.as_deref(), Some("tts:hosted/flaky"));
+    // The next chunk: the hosted voice failed, the local one answered. The
+    // ones after go local at once (the hosted voice cools down): no event.
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0].stage, "tts");
+    assert_eq!(later[0].winner.as_deref(), Some("tts:embedded/tone"));
+    let ends: Vec<(&str, Why, End)> = later[0]
+        .attempts
+        .iter()
+        .map(|a| (a.model.as_str(), a.why, a.end))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            ("tts:hosted/flaky", Why::First, End::Failed),
+            ("tts:embedded/tone", Why::Fallback, End::Won),
+        ]
+    );
+    assert!(
+        bot_text(&events).join(" ").ends_with("Third."),
+        "every sentence was spoken: {:?}",
+        bot_text(&events)
+    );
 }

@@ -132,6 +132,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         routes: Vec<crate::route::RouteNote>,
     },
+    /// A routed stage's race decided after the turn's first audio (a later
+    /// sentence's TTS race, an LLM continuation after a stall): what
+    /// `turn_latency.routes` says of the races before it.
+    Route {
+        epoch: u64,
+        route: crate::route::RouteNote,
+    },
     /// The session's warm start finished (`agent::warm`): the system
     /// prompt and history are in the model's cache (`tokens`, of which
     /// `reused` were already there), after `ms` of compute; `error` if it
@@ -178,6 +185,7 @@ impl Event {
             Event::FalseInterruption { .. } => "false_interruption",
             Event::Resumed { .. } => "resumed",
             Event::TurnLatency { .. } => "turn_latency",
+            Event::Route { .. } => "route",
             Event::PrefillDone { .. } => "prefill_done",
             Event::Span { .. } => "span",
             Event::State { .. } => "state",

@@ -7,8 +7,13 @@
 //!    HTTP connection is closed, embedded generation stops within one token).
 //! 2. An [`LlmError`] always carries an [`ErrorClass`]; routing and retries
 //!    decide on the class, never on message text.
+//! 3. A request whose last message is the assistant's asks the model to
+//!    continue that text (`continuation`): the embedded model renders it
+//!    as the open assistant turn; a hosted server may restart it instead,
+//!    which the router's repeat guard absorbs.
 
 pub mod config;
+pub mod continuation;
 pub mod entry;
 pub mod leg;
 pub mod lifecycle;

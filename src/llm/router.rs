@@ -18,11 +18,18 @@
 //!    malformed stream, unreachable, first-token timeout) starts the next
 //!    model at once. With more than one candidate a leg makes one attempt:
 //!    the next model is the retry.
-//! 4. A winner failing after it streamed (a stall past `stall_ms`, an error)
-//!    restarts on the next model only while no audio of the turn was played:
-//!    the consumer gets [`TurnItem::Restart`] before the next model's text.
-//!    Once audio played the turn ends with `Failed`, and the consumer ends
-//!    the reply cleanly with what was said.
+//! 4. A winner failing after it streamed text (a stall past `stall_ms`, an
+//!    error) is *continued*: the next healthy model gets the request plus
+//!    the text the consumer received as a final assistant message
+//!    (`continuation`), and its text follows with no restart, a repeated
+//!    prefix stripped — so what was said stays said, and the reply goes on
+//!    within the stall limit plus the next model's first token. The
+//!    continuation race is a race like the first (hedge, fallback) over the
+//!    models not yet tried in this turn; its note's first attempt says
+//!    `continue`. With no model left the turn ends with `Failed` and the
+//!    consumer ends the reply cleanly with what was said. A winner that
+//!    failed after a tool call (or only whitespace) restarts on the next
+//!    model ([`TurnItem::Restart`]) while no audio was played, else fails.
 //! 5. The consumer gets exactly one of `Done`, `Failed` or `Cancelled` last;
 //!    a cancel carries its reason (barge-in, shutdown, deadline). The
 //!    reason comes with the cancel itself (`frame::CancelSignal`): the job
@@ -31,11 +38,13 @@
 
 use crate::frame::CancelReason;
 use crate::llm::config::{key_env, resolve_key, ConfigError, Entry, LlmConfig};
+use crate::llm::continuation::{continuation_request, RepeatGuard};
 use crate::llm::leg::{CancelSignal, LegInput, LegItem, LegModel, LegOutcome, LegRunner};
 use crate::llm::openai::OpenAiChat;
 use crate::llm::span::SpanSink;
 use crate::llm::telemetry::Telemetry;
 use crate::llm::{ChatDelta, ChatModel, ChatRequest, ErrorClass, LlmError, Price};
+use crate::route::note::Why;
 use crate::route::{
     race, Loss, Notes, Observed, Plan, RaceEnd, RouteCore, RouteNote, RoutePolicy, Stage,
 };
@@ -148,6 +157,14 @@ impl Drop for TurnReply {
             self.cancel.cancel(CancelReason::ReplyEnded);
         }
     }
+}
+
+/// What the consumer of a turn received since its last restart.
+#[derive(Debug, Default)]
+struct Said {
+    text: String,
+    /// A tool call went out: such a reply is not continued.
+    tool: bool,
 }
 
 /// A leg that streamed its first item: the rest follows on `rx`.
@@ -348,8 +365,15 @@ impl Router {
         .boxed()
     }
 
-    /// Forwards a winning leg to the consumer; returns how the leg ended.
-    async fn forward(leg: Leg, tx: &mpsc::Sender<TurnItem>) -> LegOutcome {
+    /// Forwards a winning leg to the consumer, keeping in `said` the text
+    /// it received (since its last restart); a continuation's text goes
+    /// through `guard` (invariant 4). Returns how the leg ended.
+    async fn forward(
+        leg: Leg,
+        tx: &mpsc::Sender<TurnItem>,
+        said: &mut Said,
+        mut guard: Option<RepeatGuard>,
+    ) -> LegOutcome {
         let Leg {
             first,
             mut rx,
@@ -358,8 +382,33 @@ impl Router {
         let mut next = Some(first);
         while let Some(item) = next {
             let item = match item {
-                LegItem::Delta(d) => TurnItem::Delta(d),
-                LegItem::Restart { model, after } => TurnItem::Restart { model, after },
+                LegItem::Delta(ChatDelta::Text(t)) => {
+                    let t = match guard.as_mut() {
+                        Some(g) => g.push(&t),
+                        None => t,
+                    };
+                    if t.is_empty() {
+                        next = rx.recv().await;
+                        continue;
+                    }
+                    said.text.push_str(&t);
+                    TurnItem::Delta(ChatDelta::Text(t))
+                }
+                LegItem::Delta(d) => {
+                    if matches!(d, ChatDelta::ToolCall(_)) {
+                        said.tool = true;
+                    }
+                    if matches!(d, ChatDelta::Finished { .. }) {
+                        if let Some(g) = guard.as_mut() {
+                            g.finish();
+                        }
+                    }
+                    TurnItem::Delta(d)
+                }
+                LegItem::Restart { model, after } => {
+                    *said = Said::default();
+                    TurnItem::Restart { model, after }
+                }
             };
             if tx.send(item).await.is_err() {
                 break;
@@ -388,17 +437,28 @@ impl Router {
         );
         let mut exclude: Vec<usize> = Vec::new();
         let mut delivered_any = false;
+        // What the consumer received, and whether the next race continues it.
+        let mut said = Said::default();
+        let mut continuing = false;
         loop {
             // Holds invariant 4.
-            if delivered_any && input.audio_played.load(Ordering::Acquire) {
+            if delivered_any && !continuing && input.audio_played.load(Ordering::Acquire) {
                 break;
             }
+            let race_input = if continuing {
+                LegInput {
+                    request: continuation_request(&input.request, &said.text),
+                    ..input.clone()
+                }
+            } else {
+                input.clone()
+            };
             let spec = self.core.race_spec(exclude.clone());
             let end = race(
                 &plan,
                 &spec,
                 &input.cancel,
-                |i, signal| self.start_leg(i, signal, &input, leg_id, runner),
+                |i, signal| self.start_leg(i, signal, &race_input, leg_id, runner),
                 // Shadowed legs record their own latency (leg invariant 5).
                 || Box::new(|_: usize, _: std::time::Duration, _: bool| {}),
             )
@@ -407,7 +467,13 @@ impl Router {
                 // Route note invariant 1; recorded before the winner's first
                 // item is forwarded, so the consumer finds it there.
                 let keys: Vec<String> = self.candidates.iter().map(|c| c.key.clone()).collect();
-                Notes::record(RouteNote::new("llm", end.attempts(&keys)));
+                let mut attempts = end.attempts(&keys);
+                if continuing {
+                    for a in attempts.iter_mut().filter(|a| a.why == Why::First) {
+                        a.why = Why::Continue;
+                    }
+                }
+                Notes::record(RouteNote::new("llm", attempts));
             }
             match end {
                 RaceEnd::Won {
@@ -427,7 +493,7 @@ impl Router {
                     if hedged {
                         tracing::info!(model = %key, epoch = input.epoch, "llm hedge won");
                     }
-                    if delivered_any {
+                    if delivered_any && !continuing {
                         let restart = TurnItem::Restart {
                             model: key.clone(),
                             after: last_error.class,
@@ -435,8 +501,13 @@ impl Router {
                         if tx.send(restart).await.is_err() {
                             return;
                         }
+                        said = Said::default();
                     }
-                    match Self::forward(value, &tx).await {
+                    let guard = continuing.then(|| RepeatGuard::new(&said.text));
+                    if continuing {
+                        tracing::info!(model = %key, epoch = input.epoch, chars = said.text.len(), "llm reply continued on the next model");
+                    }
+                    match Self::forward(value, &tx, &mut said, guard).await {
                         LegOutcome::Completed => {
                             let _ = tx.send(TurnItem::Done { model: key }).await;
                             return;
@@ -456,6 +527,8 @@ impl Router {
                             if Instant::now() >= input.deadline {
                                 break;
                             }
+                            // Holds invariant 4.
+                            continuing = !said.text.trim().is_empty() && !said.tool;
                         }
                     }
                 }

@@ -1,5 +1,5 @@
 //! Route notes: what a routed stage's race did in one turn — which
-//! candidates started, why (first, probe, hedge, fallback) and when, how
+//! candidates started, why (first, probe, hedge, fallback, continue) and when, how
 //! each ended, which one won and after how long. The voice agent collects
 //! them while it runs a turn (a task-local [`Notes`]) and reports them to
 //! the coordinator, which puts them into the turn's `turn_latency` event.
@@ -12,6 +12,10 @@
 //!    when the hedge began.
 //! 3. Notes are recorded only inside a [`Notes::scope`]; outside one (a
 //!    router driven directly, a benchmark) recording is a no-op.
+//! 4. Races decided before the turn's first audio go into its
+//!    `turn_latency`; a later one (a later sentence's TTS race, an LLM
+//!    continuation) becomes its own `route` event when it is
+//!    [`RouteNote::eventful`].
 
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,10 @@ pub enum Why {
     Hedge,
     /// A running attempt failed before its first result.
     Fallback,
+    /// The model streaming the reply stalled or failed after it sent
+    /// text: this one continues that text (LLM only, after the first
+    /// audio usually, so the note comes as a `route` event).
+    Continue,
 }
 
 /// How an attempt ended (as far as the race saw).
@@ -87,6 +95,14 @@ impl RouteNote {
             hedge_ms,
             attempts,
         }
+    }
+
+    /// The race did more than its first candidate answering alone: a
+    /// probe, a hedge, a fallback or a continuation ran, or nothing won.
+    /// After a turn's first audio only such notes become `route` events
+    /// (one per later sentence otherwise).
+    pub fn eventful(&self) -> bool {
+        self.hedged || self.winner.is_none() || self.attempts.iter().any(|a| a.why != Why::First)
     }
 }
 
@@ -157,6 +173,11 @@ mod tests {
         assert_eq!(note.winner.as_deref(), Some("embedded/smol"));
         assert_eq!(note.hedge_ms, Some(300));
         assert!(note.hedged);
+        assert!(note.eventful());
+        let alone = RouteNote::new("tts", vec![attempt("tts:a/b", Why::First, 0, End::Won)]);
+        assert!(!alone.eventful(), "the first candidate answering alone");
+        let continued = RouteNote::new("llm", vec![attempt("a/b", Why::Continue, 0, End::Won)]);
+        assert!(continued.eventful());
         Notes::record(note.clone());
         let notes = Notes::default();
         notes

@@ -658,7 +658,17 @@ impl Coordinator {
                 }
             }
             Payload::Route(note) => {
-                if let Some(st) = self.staging.as_mut().filter(|s| s.routes.len() < 16) {
+                if self
+                    .staging
+                    .as_ref()
+                    .is_some_and(|s| s.first_audio_ms.is_some())
+                {
+                    // `turn_latency` went out: a later race is its own event
+                    // (route note invariant 4).
+                    if note.eventful() {
+                        self.emit(now_ms, Event::Route { epoch, route: note });
+                    }
+                } else if let Some(st) = self.staging.as_mut().filter(|s| s.routes.len() < 16) {
                     st.routes.push(note);
                 }
             }

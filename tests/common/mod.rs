@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod route;
 pub mod ws;
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,10 @@
 //!    within one chunk or one token (the parent's invariant 3).
 //! 2. A prefill never shortens the cache: a prefix already cached (or a
 //!    prefix of what is cached) costs nothing and keeps the longer history.
+//! 3. A request ending with an assistant message is a continuation (llm
+//!    invariant 3): the template renders the messages before it with the
+//!    assistant's opening, and its text follows unclosed, so generation
+//!    continues it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -61,6 +65,13 @@ impl Generator<'_> {
         messages: &[ChatMessage],
         generation: bool,
     ) -> Result<Vec<LlamaToken>, LlmError> {
+        // Holds invariant 3.
+        let (messages, partial) = match messages.split_last() {
+            Some((last, rest)) if generation && last.role == Role::Assistant => {
+                (rest, Some(last.content.replace('\0', "")))
+            }
+            _ => (messages, None),
+        };
         let mut chat = Vec::with_capacity(messages.len() + 1);
         if !messages.iter().any(|m| m.role == Role::System) {
             chat.push(
@@ -75,10 +86,13 @@ impl Generator<'_> {
                     .map_err(|e| err(ErrorClass::Client, e.to_string()))?,
             );
         }
-        let prompt = self
+        let mut prompt = self
             .model
             .apply_chat_template(&self.template, &chat, generation)
             .map_err(|e| err(ErrorClass::Client, format!("chat template failed: {e}")))?;
+        if let Some(partial) = partial {
+            prompt.push_str(&partial);
+        }
         Ok(self.model.vocab().tokenize(prompt.as_bytes(), true, true))
     }
 

@@ -10,8 +10,8 @@
 //! 1. Both run only on the tokio clock: under a paused clock their timings
 //!    are exact and tests are deterministic.
 //! 2. Both record what happened to each request (the server: route, model,
-//!    whether the client disconnected before the end; the model: calls and
-//!    streams dropped before their end), so tests assert on behaviour.
+//!    whether the client disconnected before the end; the model: its requests and
+//!    the streams dropped before their end), so tests assert on behaviour.
 //! 3. The server binds 127.0.0.1 only, on a free port.
 
 mod openai_server;

@@ -72,6 +72,7 @@ pub struct ScriptedModel {
     default: Mutex<Script>,
     calls: AtomicUsize,
     dropped_early: Arc<AtomicUsize>,
+    requests: Mutex<Vec<ChatRequest>>,
 }
 
 impl ScriptedModel {
@@ -84,6 +85,7 @@ impl ScriptedModel {
             default: Mutex::new(default),
             calls: AtomicUsize::new(0),
             dropped_early: Arc::new(AtomicUsize::new(0)),
+            requests: Mutex::new(Vec::new()),
         }
     }
 
@@ -103,6 +105,14 @@ impl ScriptedModel {
     /// Requests so far.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<ChatRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Streams dropped before their end (cancelled by the consumer).
@@ -134,8 +144,12 @@ impl ChatModel for ScriptedModel {
         &self.model
     }
 
-    async fn stream(&self, _request: ChatRequest) -> Result<ChatStream, LlmError> {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LlmError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(request);
         let popped = self
             .queue
             .lock()
