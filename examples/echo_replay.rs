@@ -158,7 +158,12 @@ fn main() {
             }
             aec.process(&mut f);
             let fin = power(&cap[k * 320..(k + 1) * 320]);
-            let fout = f.samples.iter().map(|&v| (v as f64 / 32768.0).powi(2)).sum::<f64>() / 320.0;
+            let fout = f
+                .samples
+                .iter()
+                .map(|&v| (v as f64 / 32768.0).powi(2))
+                .sum::<f64>()
+                / 320.0;
             if aec.trusted() && fout > 1e-4 && fin / fout.max(1e-12) < 100.0 {
                 exposed.push(k as f64 * 0.02);
             }
@@ -175,7 +180,10 @@ fn main() {
             "  path changes {}; exposed frames {}: {:?}",
             aec.path_changes(),
             exposed.len(),
-            exposed.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>()
+            exposed
+                .iter()
+                .map(|t| format!("{t:.2}"))
+                .collect::<Vec<_>>()
         );
         let mut hist = [0u32; 8];
         for s in 0..nf / 50 {

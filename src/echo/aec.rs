@@ -10,11 +10,15 @@
 //! ```
 //! The reference is written when the output callback hands the samples to
 //! the device, so it leads its echo by the output latency + the room + the
-//! input latency (about 900 ms on PulseAudio's ALSA plugin). The aligner
-//! ([`super::align`]) holds it and releases one render frame per capture
-//! frame, so AEC3 sees the echo about 80 ms after its render frame (the bulk
-//! lag measured on the envelopes), within the range of AEC3's own delay
-//! estimator (matched filters, about 0.5 s), which finds the exact delay.
+//! input latency (about 900 ms on PulseAudio's ALSA plugin). By default the
+//! aligner ([`super::align`]) releases every reference sample as it arrives
+//! (render frames before each capture frame, the order `aec3`'s examples
+//! use) and AEC3's own delay estimator finds the delay, seeded with the
+//! devices' reported latencies ([`Aec3Canceller::set_device_latency_ms`]).
+//! `COLLOQUY_AEC_ALIGN=on` holds the reference back to a bulk lag measured
+//! on the signals instead (one render frame per capture frame, the echo
+//! about 80 ms behind): tried on PulseAudio recordings, it converged later
+//! and did not cancel better, so it is off (docs/devices.md).
 //! Capture is not held back: no added latency beyond AEC3's own framing.
 //!
 //! Only AEC3 runs (linear filter + residual echo suppressor): no noise
@@ -44,14 +48,15 @@
 //!    consecutive 10 ms AEC3 frames.
 //! 4. The speech probability is vetoed only by the gate and only while AEC3's
 //!    ERLE estimate is under [`CONVERGED_ERLE_DB`].
-//! 6. When AEC3's delay estimate moves, the echo path has moved under a
+//! 6. With `COLLOQUY_AEC_DISTRUST=on` (off by default: not yet verified on
+//!    devices that it keeps a barge-in within 500 ms), when AEC3's delay
+//!    estimate moves, the echo path has moved under a
 //!    converged filter (its ERLE estimate lags the truth): the next frame
 //!    tells AEC3 so (its ERLE estimate restarts) and the gate judges the
 //!    cleaned frames for [`DISTRUST_FRAMES`] and until ERLE is back over
 //!    [`CONVERGED_ERLE_DB`].
 //! 5. Render frames reach AEC3 only before the capture frame whose release
-//!    point covers them (align.rs): never the whole pending reference at
-//!    once, so AEC3's render buffer stays in step with the capture.
+//!    point covers them (align.rs; by default: all arrived).
 
 use super::align::RenderAligner;
 use super::dump::{EchoDump, FrameNote};
@@ -146,6 +151,8 @@ pub struct Aec3Canceller {
     /// Frames left in which the guard judges regardless of ERLE.
     distrust: u32,
     path_changes: u64,
+    /// `COLLOQUY_AEC_DISTRUST=on`: invariant 6 applies (off by default).
+    distrust_on_move: bool,
     /// The energy gate on cleaned frames while AEC3 converges (invariant 4).
     guard: EchoGate,
     /// `COLLOQUY_ECHO_DUMP`: what AEC3 was given and returned (dump.rs).
@@ -169,7 +176,7 @@ impl Aec3Canceller {
             pop_buf: vec![0.0; resampler.chunk_frames() * 4],
             resampler,
             reference,
-            aligner: RenderAligner::new(),
+            aligner: RenderAligner::from_env(),
             block: vec![0.0; AEC_FRAME],
             cap_f32: vec![0.0; AEC_FRAME],
             armed: false,
@@ -180,6 +187,7 @@ impl Aec3Canceller {
             path_changed: false,
             distrust: 0,
             path_changes: 0,
+            distrust_on_move: std::env::var("COLLOQUY_AEC_DISTRUST").is_ok_and(|v| v == "on"),
             guard: EchoGate::new(),
             dump: EchoDump::from_env(),
         })
@@ -295,7 +303,7 @@ impl EchoControl for Aec3Canceller {
         // an underrun shifted the playback by 4–20 ms) while AEC3's ERLE
         // estimate still says converged.
         let delay = self.ec.metrics().delay_ms;
-        if self.last_delay_ms.is_some_and(|d| d != delay) {
+        if self.distrust_on_move && self.last_delay_ms.is_some_and(|d| d != delay) {
             self.path_changed = true;
             self.distrust = DISTRUST_FRAMES;
             self.path_changes += 1;
@@ -313,7 +321,10 @@ impl EchoControl for Aec3Canceller {
                 delay_ms: m.delay_ms,
                 guarded: false,
                 hint_ms: self.latency_hint_ms.unwrap_or(0),
-                lag_ms: self.aligner.lag_samples().map_or(i32::MIN, |l| (l / 16) as i32),
+                lag_ms: self
+                    .aligner
+                    .lag_samples()
+                    .map_or(i32::MIN, |l| (l / 16) as i32),
                 held: self.aligner.held(),
             };
             d.frame(&input, &frame.samples, note);
@@ -336,10 +347,14 @@ impl EchoControl for Aec3Canceller {
     }
 
     fn set_device_latency_ms(&mut self, ms: u32) {
-        // Recorded only (the dump): on PulseAudio the reported latencies
-        // (about 31 ms) were far from the real lead (about 900 ms), so the
-        // aligner measures the lag on the signals instead (align.rs).
-        self.latency_hint_ms = Some(ms);
+        // A seed only: applied by AEC3 at its next delay reset; the matched
+        // filters keep estimating. (On PulseAudio the reported latencies,
+        // about 31 ms, were far from the reference's real lead, about
+        // 900 ms: align.rs measures that lag on the signals.)
+        if self.latency_hint_ms != Some(ms) {
+            self.latency_hint_ms = Some(ms);
+            self.ec.set_audio_buffer_delay(ms.min(500) as i32);
+        }
     }
 
     fn stats(&self) -> EchoStats {
