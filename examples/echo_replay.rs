@@ -58,7 +58,7 @@ fn main() {
     let cd = decimate(&cap);
     let rd = decimate(&render);
     let max_lag = 4 * 200; // 800 ms at 4 kHz
-    println!("sec | lead min..max ms | xcorr lag ms (capture n ~ render n+base+lead0-lag) peak | in dB out dB red | erle est, delay, guarded");
+    println!("sec | lead min..max ms | xcorr lag ms (capture n ~ render n+base+lead0-lag) peak | in dB out dB red | erle est, delay, guarded | aligner lag ms, held ms");
     for s in 0..nf / 50 {
         let f0 = s * 50;
         let f1 = f0 + 50;
@@ -85,8 +85,10 @@ fn main() {
         let pout = power(&out[f0 * 320..f1 * 320]);
         let r = &rows[f1 - 1];
         let guarded: f64 = rows[f0..f1].iter().map(|r| r[5]).sum();
+        let lag = r.get(7).copied().filter(|&l| l > i32::MIN as f64);
+        let held = r.get(8).copied().unwrap_or(0.0) / 16.0;
         println!(
-            "{s:3} | {:6.1}..{:6.1} | {:6.1} {:.2} | {:6.1} {:6.1} {:5.1} | {:5.1} {:4} {:2}",
+            "{s:3} | {:6.1}..{:6.1} | {:6.1} {:.2} | {:6.1} {:6.1} {:5.1} | {:5.1} {:4} {:2} | {} {:.0}",
             lmin as f64 / 16.0,
             lmax as f64 / 16.0,
             best.0 as f64 / 4.0,
@@ -96,15 +98,50 @@ fn main() {
             10.0 * (pin / pout.max(1e-12)).log10(),
             r[2],
             r[4],
-            guarded
+            guarded,
+            lag.map_or("-".to_string(), |l| format!("{l:.0}")),
+            held
         );
     }
     // Replays.
-    for (name, mode) in [("recorded pattern", 0), ("lockstep", 1)] {
+    // The aligner's envelope lag estimate per half second on the recorded
+    // arrivals (align.rs).
+    {
+        let mut a = colloquy::echo::align::RenderAligner::new();
+        let mut pushed = 0usize;
+        let mut line = String::from("aligner estimates (s: lag ms/corr):");
+        for k in 0..nf {
+            let want = (fed[k] as usize).min(render.len());
+            if want > pushed {
+                a.push_reference(&render[pushed..want]);
+                pushed = want;
+            }
+            a.on_capture(&cap[k * 320..(k + 1) * 320]);
+            if k % 25 == 24 {
+                if let Some(e) = a.estimate() {
+                    line.push_str(&format!(
+                        " {:.1}: {}/{:.2}",
+                        (k + 1) as f64 * 0.02,
+                        e.lag_blocks * 4,
+                        e.correlation
+                    ));
+                }
+            }
+        }
+        println!("{line}");
+    }
+    // The reference arrives as recorded (`render_fed`: arrived so far, or fed
+    // so far in dumps made before the aligner, which fed all on arrival);
+    // the canceller built today aligns it itself.
+    for (name, mode) in [("recorded arrivals", 0), ("lockstep", 1)] {
         let (mut p, c) = input_ring(render.len() + 16_000);
         let mut aec = Aec3Canceller::new(c, 16_000).expect("aec");
         let mut pushed = 0usize;
         let mut res = Vec::with_capacity(cap.len());
+        // Frames the canceller trusted (no gate) although their residual is
+        // loud (over -40 dBFS and under 20 dB of reduction): where the bot
+        // can interrupt itself.
+        let mut exposed = Vec::new();
         for k in 0..nf {
             let want = match mode {
                 0 => fed[k] as usize,
@@ -120,6 +157,16 @@ fn main() {
                 *s = (v * 32768.0) as i16;
             }
             aec.process(&mut f);
+            let fin = power(&cap[k * 320..(k + 1) * 320]);
+            let fout = f
+                .samples
+                .iter()
+                .map(|&v| (v as f64 / 32768.0).powi(2))
+                .sum::<f64>()
+                / 320.0;
+            if aec.trusted() && fout > 1e-4 && fin / fout.max(1e-12) < 100.0 {
+                exposed.push(k as f64 * 0.02);
+            }
             res.extend(f.samples.iter().map(|&v| v as f32 / 32768.0));
         }
         let mut line = format!("{name:18}:");
@@ -129,5 +176,22 @@ fn main() {
             line.push_str(&format!(" {:.0}", 10.0 * (pin / pout.max(1e-12)).log10()));
         }
         println!("{line}  (stats {:?})", aec.stats());
+        println!(
+            "  path changes {}; exposed frames {}: {:?}",
+            aec.path_changes(),
+            exposed.len(),
+            exposed
+                .iter()
+                .map(|t| format!("{t:.2}"))
+                .collect::<Vec<_>>()
+        );
+        let mut hist = [0u32; 8];
+        for s in 0..nf / 50 {
+            let pin = power(&cap[s * 16000..(s + 1) * 16000]);
+            let pout = power(&res[s * 16000..(s + 1) * 16000]);
+            let red = 10.0 * (pin / pout.max(1e-12)).log10();
+            hist[((red / 10.0).clamp(0.0, 7.0)) as usize] += 1;
+        }
+        println!("  seconds by reduction (0-10, 10-20, ... dB): {hist:?}");
     }
 }

@@ -5,15 +5,20 @@
 //! Data flow (`colloquy run --echo aec`):
 //! ```text
 //! output callback ──(mono f32 at the device rate, silence included)──▶ reference ring
-//! session thread: reference ring ─▶ resample to 16 kHz ─▶ 10 ms render frames ─▶ AEC3
-//!                 20 ms capture frame ─▶ 2 × (high-pass ─▶ AEC3) ─▶ VAD, STT
+//! session thread: reference ring ─▶ resample to 16 kHz ─▶ aligner (FIFO) ─▶ 10 ms render frames ─▶ AEC3
+//!                 20 ms capture frame ─▶ 2 × (release render ─▶ high-pass ─▶ AEC3) ─▶ VAD, STT
 //! ```
-//! Before each capture frame every pending reference sample is fed in (the
-//! order `aec3`'s own examples use). The reference is written when the output
-//! callback hands the samples to the device, so it always leads its echo by
-//! the output latency + the room + the input latency; AEC3's delay estimator
-//! (matched filters, about 0.5 s of range) finds that lead, seeded with the
+//! The reference is written when the output callback hands the samples to
+//! the device, so it leads its echo by the output latency + the room + the
+//! input latency (about 900 ms on PulseAudio's ALSA plugin). By default the
+//! aligner ([`super::align`]) releases every reference sample as it arrives
+//! (render frames before each capture frame, the order `aec3`'s examples
+//! use) and AEC3's own delay estimator finds the delay, seeded with the
 //! devices' reported latencies ([`Aec3Canceller::set_device_latency_ms`]).
+//! `COLLOQUY_AEC_ALIGN=on` holds the reference back to a bulk lag measured
+//! on the signals instead (one render frame per capture frame, the echo
+//! about 80 ms behind): tried on PulseAudio recordings, it converged later
+//! and did not cancel better, so it is off (docs/devices.md).
 //! Capture is not held back: no added latency beyond AEC3's own framing.
 //!
 //! Only AEC3 runs (linear filter + residual echo suppressor): no noise
@@ -36,14 +41,24 @@
 //! # Invariants
 //! 1. Until the first reference sample arrives, capture frames pass unchanged
 //!    (holds mod.rs invariant 3).
-//! 2. Reference samples are fed in the order played, each exactly once;
-//!    samples the ring dropped (the processing side stalled) are counted as
-//!    overruns and AEC3 re-estimates the delay.
+//! 2. Reference samples are fed in the order played, each at most once;
+//!    samples the ring or the aligner dropped (the processing side stalled)
+//!    are counted and AEC3 re-estimates the delay.
 //! 3. Capture frames keep their timeline position; each 20 ms frame is two
 //!    consecutive 10 ms AEC3 frames.
 //! 4. The speech probability is vetoed only by the gate and only while AEC3's
 //!    ERLE estimate is under [`CONVERGED_ERLE_DB`].
+//! 6. With `COLLOQUY_AEC_DISTRUST=on` (off by default: not yet verified on
+//!    devices that it keeps a barge-in within 500 ms), when AEC3's delay
+//!    estimate moves, the echo path has moved under a
+//!    converged filter (its ERLE estimate lags the truth): the next frame
+//!    tells AEC3 so (its ERLE estimate restarts) and the gate judges the
+//!    cleaned frames for [`DISTRUST_FRAMES`] and until ERLE is back over
+//!    [`CONVERGED_ERLE_DB`].
+//! 5. Render frames reach AEC3 only before the capture frame whose release
+//!    point covers them (align.rs; by default: all arrived).
 
+use super::align::RenderAligner;
 use super::dump::{EchoDump, FrameNote};
 use super::{EchoControl, EchoGate, EchoStats};
 use crate::audio::{EdgeResampler, InputConsumer, ResampleError};
@@ -62,6 +77,10 @@ pub const AEC_FRAME: usize = SAMPLE_RATE as usize / 100;
 /// AEC3's fullband ERLE estimate (dB) from which the canceller is trusted
 /// alone (invariant 4).
 pub const CONVERGED_ERLE_DB: f64 = 10.0;
+
+/// Capture frames (20 ms) the energy gate judges the cleaned frames after
+/// AEC3's delay estimate moved (invariant 6): 1 s.
+pub const DISTRUST_FRAMES: u32 = 50;
 
 /// Why the canceller could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -115,13 +134,25 @@ pub struct Aec3Canceller {
     reference: InputConsumer,
     resampler: EdgeResampler,
     pop_buf: Vec<f32>,
-    /// 16 kHz reference samples waiting for a full 10 ms render frame.
+    /// Holds the reference until its echo is due (align.rs).
+    aligner: RenderAligner,
+    /// One 10 ms render frame released by the aligner.
     block: Vec<f32>,
-    block_len: usize,
+    /// One 10 ms capture frame as f32 (the aligner's envelope).
+    cap_f32: Vec<f32>,
     armed: bool,
     processed: u64,
     render_frames: u64,
     latency_hint_ms: Option<u32>,
+    /// AEC3's delay at the last frame; a change is a path change (invariant 6).
+    last_delay_ms: Option<i32>,
+    /// The next capture frame tells AEC3 the echo path changed.
+    path_changed: bool,
+    /// Frames left in which the guard judges regardless of ERLE.
+    distrust: u32,
+    path_changes: u64,
+    /// `COLLOQUY_AEC_DISTRUST=on`: invariant 6 applies (off by default).
+    distrust_on_move: bool,
     /// The energy gate on cleaned frames while AEC3 converges (invariant 4).
     guard: EchoGate,
     /// `COLLOQUY_ECHO_DUMP`: what AEC3 was given and returned (dump.rs).
@@ -145,12 +176,18 @@ impl Aec3Canceller {
             pop_buf: vec![0.0; resampler.chunk_frames() * 4],
             resampler,
             reference,
+            aligner: RenderAligner::from_env(),
             block: vec![0.0; AEC_FRAME],
-            block_len: 0,
+            cap_f32: vec![0.0; AEC_FRAME],
             armed: false,
             processed: 0,
             render_frames: 0,
             latency_hint_ms: None,
+            last_delay_ms: None,
+            path_changed: false,
+            distrust: 0,
+            path_changes: 0,
+            distrust_on_move: std::env::var("COLLOQUY_AEC_DISTRUST").is_ok_and(|v| v == "on"),
             guard: EchoGate::new(),
             dump: EchoDump::from_env(),
         })
@@ -162,12 +199,27 @@ impl Aec3Canceller {
         EchoCanceller3Config::default()
     }
 
+    /// Whether the cleaned frames are trusted without the energy gate: AEC3
+    /// has converged and its delay has not moved in the last
+    /// [`DISTRUST_FRAMES`] (invariants 4 and 6).
+    pub fn trusted(&self) -> bool {
+        self.armed
+            && self.distrust == 0
+            && self.ec.metrics().echo_return_loss_enhancement >= CONVERGED_ERLE_DB
+    }
+
+    /// Times AEC3's delay estimate moved (invariant 6).
+    pub fn path_changes(&self) -> u64 {
+        self.path_changes
+    }
+
     /// 10 ms render frames fed so far.
     pub fn render_frames(&self) -> u64 {
         self.render_frames
     }
 
-    /// Feeds every pending reference sample (holds invariant 2).
+    /// Moves every pending reference sample into the aligner (holds
+    /// invariant 2): resampled to 16 kHz, recorded as it arrived.
     fn pull_reference(&mut self) {
         loop {
             let n = self.reference.pop(&mut self.pop_buf);
@@ -176,33 +228,34 @@ impl Aec3Canceller {
             }
             self.armed = true;
             let Self {
-                ec,
-                render,
-                stream,
-                block,
-                block_len,
+                aligner,
                 resampler,
                 pop_buf,
-                render_frames,
                 dump,
                 ..
             } = self;
             resampler.process(&pop_buf[..n], |samples| {
-                for &s in samples {
-                    block[*block_len] = s;
-                    *block_len += 1;
-                    if *block_len == AEC_FRAME {
-                        *block_len = 0;
-                        if let Some(d) = dump.as_mut() {
-                            d.render(&block[..]);
-                        }
-                        render.copy_from(&[&block[..]], stream);
-                        render.split_into_frequency_bands();
-                        ec.analyze_render(render);
-                        *render_frames += 1;
-                    }
+                if let Some(d) = dump.as_mut() {
+                    d.render(samples);
                 }
+                aligner.push_reference(samples);
             });
+        }
+    }
+
+    /// Feeds AEC3 the reference frames the aligner releases for the capture
+    /// frame `samples` (10 ms, before cancelling): in step with the capture,
+    /// the echo about `align::TARGET_DELAY_SAMPLES` behind (invariant 5).
+    fn feed_render(&mut self, samples: &[i16]) {
+        for (o, &s) in self.cap_f32.iter_mut().zip(samples) {
+            *o = s as f32 / 32768.0;
+        }
+        let until = self.aligner.on_capture(&self.cap_f32);
+        while self.aligner.pop_frame(until, &mut self.block) {
+            self.render.copy_from(&[&self.block[..]], &self.stream);
+            self.render.split_into_frequency_bands();
+            self.ec.analyze_render(&mut self.render);
+            self.render_frames += 1;
         }
     }
 
@@ -217,7 +270,9 @@ impl Aec3Canceller {
             .copy_from(&[&self.hpf_buf[0][..]], &self.stream);
         self.ec.analyze_capture(&mut self.capture);
         self.capture.split_into_frequency_bands();
-        self.ec.process_capture(&mut self.capture, false);
+        // A pending path change resets AEC3's ERLE estimate (invariant 6).
+        let changed = std::mem::take(&mut self.path_changed);
+        self.ec.process_capture(&mut self.capture, changed);
         self.capture.merge_frequency_bands();
         self.capture
             .copy_to_stream(&self.stream, &mut [&mut self.out[..]]);
@@ -240,9 +295,22 @@ impl EchoControl for Aec3Canceller {
         let input = self.dump.is_some().then_some(frame.samples);
         // Invariant 3: two consecutive 10 ms frames, positions unchanged.
         for half in frame.samples.chunks_exact_mut(AEC_FRAME) {
+            self.feed_render(half);
             self.process_10ms(half);
         }
         self.processed += 1;
+        // Invariant 6: a new delay means the echo path moved (on PulseAudio:
+        // an underrun shifted the playback by 4–20 ms) while AEC3's ERLE
+        // estimate still says converged.
+        let delay = self.ec.metrics().delay_ms;
+        if self.distrust_on_move && self.last_delay_ms.is_some_and(|d| d != delay) {
+            self.path_changed = true;
+            self.distrust = DISTRUST_FRAMES;
+            self.path_changes += 1;
+        } else {
+            self.distrust = self.distrust.saturating_sub(1);
+        }
+        self.last_delay_ms = Some(delay);
         if let (Some(d), Some(input)) = (self.dump.as_mut(), input) {
             let m = self.ec.metrics();
             let note = FrameNote {
@@ -253,14 +321,19 @@ impl EchoControl for Aec3Canceller {
                 delay_ms: m.delay_ms,
                 guarded: false,
                 hint_ms: self.latency_hint_ms.unwrap_or(0),
+                lag_ms: self
+                    .aligner
+                    .lag_samples()
+                    .map_or(i32::MIN, |l| (l / 16) as i32),
+                held: self.aligner.held(),
             };
             d.frame(&input, &frame.samples, note);
         }
     }
 
     fn gate(&mut self, p: f32, frame: &AudioFrame) -> f32 {
-        // Invariant 4.
-        if self.armed && self.ec.metrics().echo_return_loss_enhancement >= CONVERGED_ERLE_DB {
+        // Invariants 4 and 6.
+        if self.trusted() {
             return p;
         }
         if let Some(d) = self.dump.as_mut() {
@@ -275,7 +348,9 @@ impl EchoControl for Aec3Canceller {
 
     fn set_device_latency_ms(&mut self, ms: u32) {
         // A seed only: applied by AEC3 at its next delay reset; the matched
-        // filters keep estimating.
+        // filters keep estimating. (On PulseAudio the reported latencies,
+        // about 31 ms, were far from the reference's real lead, about
+        // 900 ms: align.rs measures that lag on the signals.)
         if self.latency_hint_ms != Some(ms) {
             self.latency_hint_ms = Some(ms);
             self.ec.set_audio_buffer_delay(ms.min(500) as i32);
@@ -290,7 +365,8 @@ impl EchoControl for Aec3Canceller {
             processed: self.processed,
             erle_db: m.map(|m| m.echo_return_loss_enhancement),
             delay_ms: m.map(|m| m.delay_ms),
-            reference_overruns: self.reference.stats().overruns.load(Ordering::Relaxed),
+            reference_overruns: self.reference.stats().overruns.load(Ordering::Relaxed)
+                + self.aligner.dropped(),
         }
     }
 }

@@ -4,10 +4,11 @@
 //! dropped (the end of the run):
 //! - `capture_in.raw`, `capture_out.raw`: the microphone at 16 kHz before
 //!   and after the canceller (s16le mono);
-//! - `render.raw`: the reference at 16 kHz in the order it was fed (s16le);
+//! - `render.raw`: the reference at 16 kHz in the order it arrived (s16le);
 //! - `frames.csv`: one line per 20 ms capture frame: its session sample, the
-//!   reference samples fed so far, AEC3's ERLE/ERL estimates and delay, and
-//!   whether the convergence guard judged the frame;
+//!   reference samples arrived so far, AEC3's ERLE/ERL estimates and delay,
+//!   whether the convergence guard judged the frame, the devices' reported
+//!   latency, the aligner's bulk lag and the reference it held (align.rs);
 //! - `clock.csv` (written by the local transport's driver once a second):
 //!   wall seconds since start, input and output frames the devices
 //!   exchanged, their reported latencies (µs), xruns, session ms, and the
@@ -43,6 +44,10 @@ pub struct FrameNote {
     pub guarded: bool,
     /// The devices' reported output + input latency (ms).
     pub hint_ms: u32,
+    /// The aligner's bulk lag (ms, capture − reference; `i32::MIN`: none yet).
+    pub lag_ms: i32,
+    /// Reference samples held by the aligner (arrived, not yet fed to AEC3).
+    pub held: u64,
 }
 
 /// The recorder (see the module docs).
@@ -126,13 +131,21 @@ impl EchoDump {
         let mut csv = std::io::BufWriter::new(std::fs::File::create(self.dir.join("frames.csv"))?);
         writeln!(
             csv,
-            "start,render_fed,erle_db,erl_db,delay_ms,guarded,hint_ms"
+            "start,render_fed,erle_db,erl_db,delay_ms,guarded,hint_ms,lag_ms,held"
         )?;
         for f in &self.frames {
             writeln!(
                 csv,
-                "{},{},{:.2},{:.2},{},{},{}",
-                f.start, f.render_fed, f.erle_db, f.erl_db, f.delay_ms, f.guarded as u8, f.hint_ms
+                "{},{},{:.2},{:.2},{},{},{},{},{}",
+                f.start,
+                f.render_fed,
+                f.erle_db,
+                f.erl_db,
+                f.delay_ms,
+                f.guarded as u8,
+                f.hint_ms,
+                f.lag_ms,
+                f.held
             )?;
         }
         csv.flush()

@@ -36,6 +36,7 @@
 //!    transports that play nothing are unaffected.
 
 pub mod aec;
+pub mod align;
 pub mod dump;
 pub mod gate;
 pub mod off;
