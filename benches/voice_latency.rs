@@ -87,15 +87,21 @@ fn piper_chunk_costs(store: &ModelStore) {
 /// Writes a conversation's input and events for `VOICE_LATENCY_KEEP`.
 fn keep_events(dir: &Path, voice: &str, input: &Path, report: &ReplayReport) {
     std::fs::create_dir_all(dir).expect("VOICE_LATENCY_KEEP: create the directory");
-    let stem = input.file_stem().and_then(|s| s.to_str()).unwrap_or("conversation");
+    let stem = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("conversation");
     std::fs::copy(input, dir.join(format!("{stem}.wav"))).expect("VOICE_LATENCY_KEEP: copy");
     let lines: Vec<String> = report
         .events
         .iter()
         .filter_map(|e| serde_json::to_string(e).ok())
         .collect();
-    std::fs::write(dir.join(format!("{voice}-{stem}.jsonl")), lines.join("\n") + "\n")
-        .expect("VOICE_LATENCY_KEEP: write events");
+    std::fs::write(
+        dir.join(format!("{voice}-{stem}.jsonl")),
+        lines.join("\n") + "\n",
+    )
+    .expect("VOICE_LATENCY_KEEP: write events");
 }
 
 fn session_config() -> SessionConfig {

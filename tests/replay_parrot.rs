@@ -254,7 +254,11 @@ fn a_turn_opened_at_a_pause_is_dropped_when_the_user_goes_on_and_used_when_they_
     // was cancelled when the user went on, the last answered.
     assert!(count("speech_paused") >= 2, "{kinds:?}");
     assert!(count("turn_opened") >= 2, "{kinds:?}");
-    assert_eq!(count("task_cancelled"), count("turn_opened") - 1, "{kinds:?}");
+    assert_eq!(
+        count("task_cancelled"),
+        count("turn_opened") - 1,
+        "{kinds:?}"
+    );
     let opened = times_of(&report.events, "turn_opened");
     let stopped = times_of(&report.events, "speech_stopped");
     let speaks = times_of(&report.events, "bot_started_speaking");
