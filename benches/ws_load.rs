@@ -43,7 +43,7 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use ws_common::{
-    cpu_secs, frame_bytes, rss_kib, server_stats, start_server, FrameClock, Journal, ServerProc,
+    cpu_secs, frame_bytes, rss_kib, server_stats, stale_tick, start_server, FrameClock, Journal, ServerProc,
     FRAME,
 };
 
@@ -123,6 +123,9 @@ async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64
             deadline = tick.tick() => {
                 if deadline >= end {
                     break;
+                }
+                if stale_tick(deadline) {
+                    continue;
                 }
                 let late = Instant::now().saturating_duration_since(deadline);
                 r.send_late_max_ms = r.send_late_max_ms.max(late.as_secs_f64() * 1e3);

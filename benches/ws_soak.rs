@@ -44,8 +44,8 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use ws_common::{
-    client_lag, cpu_secs, env_u64, frame_bytes, rss_kib, server_stats, slope, start_server,
-    ClockTotals, FrameClock, Histogram, Journal, ServerProc, FRAME,
+    client_lag, cpu_secs, stale_tick, env_u64, frame_bytes, rss_kib, server_stats, slope, start_server,
+    ClockTotals, FrameClock, Journal, Lag, ServerProc, FRAME,
 };
 
 #[derive(Default)]
@@ -96,6 +96,9 @@ async fn run_session(
             deadline = tick.tick() => {
                 if deadline >= end {
                     break;
+                }
+                if stale_tick(deadline) {
+                    continue;
                 }
                 if tx.send(Message::binary(frame_bytes(&audio, &mut pos))).await.is_err() {
                     r.failed = Some("send failed".into());
@@ -205,7 +208,7 @@ fn totals(results: &[SessionResult]) -> Totals {
 }
 
 /// Both measures of lateness, and where send lateness comes from.
-fn print_lateness(t: &Totals, lag: &Histogram, stats: &serde_json::Value) {
+fn print_lateness(t: &Totals, lag: &Lag, stats: &serde_json::Value) {
     let c = &t.clock;
     println!(
         "frames {}: send lateness > 20 ms {} ({:.2} %), max {:.1} ms; \
@@ -222,10 +225,17 @@ fn print_lateness(t: &Totals, lag: &Histogram, stats: &serde_json::Value) {
     println!("send lateness histogram (ms): {}", c.send_late.line());
     println!(
         "client wake-up lag (20 ms sleeps in the clients' runtime): > 20 ms {}, max {:.1} ms; {}",
-        lag.above(20.0),
-        lag.max_ms,
-        lag.line()
+        lag.hist.above(20.0),
+        lag.hist.max_ms,
+        lag.hist.line()
     );
+    if lag.pauses > 0 {
+        println!(
+            "PAUSED: the processes were stopped {} time(s), {:.0} s in all (a wake-up over 1 s late); \
+             the figures above include the frames around those pauses",
+            lag.pauses, lag.paused_secs
+        );
+    }
     println!(
         "server ticks more than 20 ms late: {}, latest {:.1} ms (/stats)",
         stats["ticks_late"],
@@ -384,6 +394,9 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
         t.failed
     );
     print_lateness(&t, &lag, &stats);
+    if let Some(f) = results.iter().find_map(|r| r.failed.as_ref()) {
+        println!("first failure: {f}");
+    }
     println!(
         "send lateness > 20 ms by tenth of each generation's run: {:?}; gaps: {:?}",
         t.late_by_tenth, t.gaps_by_tenth

@@ -363,17 +363,40 @@ pub struct ClockTotals {
     pub min_margin_ms: Option<f64>,
 }
 
-/// How late this client's own runtime wakes up: a task that sleeps 20 ms
-/// again and again records its oversleep, so lateness the client adds is
-/// told apart from the server's. Runs until `end`.
-pub async fn client_lag(end: Instant) -> Histogram {
-    let mut h = Histogram::default();
+/// How late this client's own runtime wakes up.
+#[derive(Default, Debug, Clone)]
+pub struct Lag {
+    /// Oversleep of every 20 ms sleep (ms).
+    pub hist: Histogram,
+    /// Wake-ups more than a second late: the processes were stopped (a
+    /// shared machine can pause niced jobs), and their total length (s).
+    pub pauses: u64,
+    pub paused_secs: f64,
+}
+
+/// A task that sleeps 20 ms again and again records its oversleep, so
+/// lateness the client adds is told apart from the server's. Runs until
+/// `end`.
+pub async fn client_lag(end: Instant) -> Lag {
+    let mut lag = Lag::default();
     loop {
         let due = Instant::now() + Duration::from_millis(20);
         if due >= end {
-            return h;
+            return lag;
         }
         tokio::time::sleep_until(due).await;
-        h.add(Instant::now().saturating_duration_since(due).as_secs_f64() * 1e3);
+        let over = Instant::now().saturating_duration_since(due).as_secs_f64();
+        lag.hist.add(over * 1e3);
+        if over > 1.0 {
+            lag.pauses += 1;
+            lag.paused_secs += over;
+        }
     }
+}
+
+/// Whether a client's 20 ms tick at `deadline` is part of a backlog left by
+/// a pause (more than a second behind): such ticks send nothing, as a
+/// microphone stopped with its process would not.
+pub fn stale_tick(deadline: Instant) -> bool {
+    Instant::now().saturating_duration_since(deadline) > Duration::from_secs(1)
 }
