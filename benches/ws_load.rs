@@ -43,8 +43,8 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use ws_common::{
-    cpu_secs, frame_bytes, rss_kib, server_stats, stale_tick, start_server, FrameClock, Journal, ServerProc,
-    FRAME,
+    cpu_secs, frame_bytes, rss_kib, server_stats, stale_tick, start_server, FrameClock, Journal,
+    ServerProc, FRAME,
 };
 
 #[derive(Default)]

@@ -44,8 +44,8 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use ws_common::{
-    client_lag, cpu_secs, stale_tick, env_u64, frame_bytes, rss_kib, server_stats, slope, start_server,
-    ClockTotals, FrameClock, Journal, Lag, ServerProc, FRAME,
+    client_lag, cpu_secs, env_u64, frame_bytes, rss_kib, server_stats, slope, stale_tick,
+    start_server, ClockTotals, FrameClock, Journal, Lag, ServerProc, FRAME,
 };
 
 #[derive(Default)]
@@ -332,8 +332,12 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
         let sampler = tokio::spawn(async move {
             let t0 = Instant::now();
             let mut samples = Vec::new();
-            while t0.elapsed() < total {
+            loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
+                if t0.elapsed() >= total {
+                    // The sessions are closing: not a sample of the run.
+                    break;
+                }
                 samples.push(Sample {
                     minutes: t0.elapsed().as_secs_f64() / 60.0,
                     rss_kib: rss_kib(pid),
@@ -410,6 +414,21 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
         slope(&by_minute),
         slope(&by_turn),
         cpu
+    );
+    let late: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.minutes * 3.0 >= (secs / 60) as f64)
+        .map(|s| (s.minutes, s.rss_kib as f64))
+        .collect();
+    let late_turns: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.minutes * 3.0 >= (secs / 60) as f64)
+        .map(|s| (s.turns as f64, s.rss_kib as f64))
+        .collect();
+    println!(
+        "over the last two thirds of the run: RSS slope {:.1} KiB/min, {:.3} KiB per committed turn",
+        slope(&late),
+        slope(&late_turns)
     );
     println!(
         "server RSS by minute: {:?}",

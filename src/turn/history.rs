@@ -47,7 +47,7 @@ impl History {
         let max_messages = max_messages.max(MIN_HISTORY_MESSAGES);
         Self {
             // The bound plus one round of slack: no reallocation once warm.
-            messages: Vec::with_capacity(max_messages + 8),
+            messages: Vec::with_capacity(max_messages.min(1024) + 8),
             max_messages,
             plain: 0,
             dropped: 0,
