@@ -44,8 +44,8 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use ws_common::{
-    client_lag, cpu_secs, env_u64, frame_bytes, rss_kib, server_stats, slope, stale_tick,
-    start_server, ClockTotals, FrameClock, Journal, Lag, ServerProc, FRAME,
+    client_lag, cpu_secs, env_u64, frame_bytes, rss_anon_kib, rss_kib, server_stats, slope,
+    stale_tick, start_server, ClockTotals, FrameClock, Journal, Lag, ServerProc, FRAME,
 };
 
 #[derive(Default)]
@@ -341,6 +341,7 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
                 samples.push(Sample {
                     minutes: t0.elapsed().as_secs_f64() / 60.0,
                     rss_kib: rss_kib(pid),
+                    anon_kib: rss_anon_kib(pid),
                     turns: turns.load(Ordering::Relaxed),
                 });
             }
@@ -438,6 +439,14 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
             .map(|s| s.rss_kib)
             .collect::<Vec<_>>()
     );
+    println!(
+        "server anonymous RSS (heap) by minute: {:?}",
+        samples
+            .iter()
+            .filter(|s| (s.minutes * 6.0).round() as u64 % 6 == 0)
+            .map(|s| s.anon_kib)
+            .collect::<Vec<_>>()
+    );
     for (g, (rss, turns)) in ends.iter().enumerate() {
         println!(
             "after generation {} (its sessions closed): server RSS {rss} KiB, {turns} turns committed so far",
@@ -450,6 +459,7 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
 struct Sample {
     minutes: f64,
     rss_kib: u64,
+    anon_kib: u64,
     turns: u64,
 }
 

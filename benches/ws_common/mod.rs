@@ -124,6 +124,12 @@ fn proc_status(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Anonymous resident memory of `pid` (KiB): the heap, without the
+/// file-backed and shared pages (binary, SQLite's mapped WAL index).
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    proc_status(pid, "RssAnon:")
+}
+
 /// Resident set of `pid` (KiB).
 pub fn rss_kib(pid: u32) -> u64 {
     proc_status(pid, "VmRSS:")

@@ -269,6 +269,7 @@ impl Server {
     /// Binds `config.bind` (port 0 picks a free port).
     pub async fn bind(config: ServeConfig, agents: AgentFactory) -> Result<Self, ServeError> {
         self::metrics::handle();
+        self::metrics::start_upkeep();
         if config.token.is_empty() {
             return Err(ServeError::EmptyToken);
         }
