@@ -100,7 +100,8 @@ fn load_server(hosted: Option<&str>) -> ServerProc {
 
 async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64) -> SessionResult {
     let mut r = SessionResult::default();
-    let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+    let (ws, _) = match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await
+    {
         Ok(x) => x,
         Err(e) => {
             r.failed = Some(format!("connect: {e}"));

@@ -77,7 +77,8 @@ async fn run_session(
     committed: Arc<AtomicU64>,
 ) -> SessionResult {
     let mut r = SessionResult::default();
-    let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+    let (ws, _) = match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await
+    {
         Ok(x) => x,
         Err(e) => {
             r.failed = Some(format!("connect: {e}"));
