@@ -16,16 +16,14 @@
 //! text) — the production case. The server process's CPU per session gives
 //! sessions per core (the fake server runs in this process, not counted).
 //!
-//! Each bot audio frame is timed against its due time. The server sends a
-//! reply up to `lead` = 100 ms ahead of real time (`ServeConfig::lead`): the
-//! first 100 ms at once, then one frame per 20 ms tick, each once its end is
-//! within the lead. So frame k of a reply (k × 20 ms into it) is due to
-//! arrive by `t0 + max(0, (k + 1) × 20 − 100) ms`, where t0 is the arrival
-//! of the reply's first frame. Its lateness is
-//! its arrival minus that due time; a frame is late when its lateness passes
-//! 20 ms (one tick). A page that starts playing the first frame at once needs
-//! frame k at `t0 + k × 20 ms`: a frame arriving after that is a gap the user
-//! hears (counted separately; the lead absorbs up to 100 ms of lateness).
+//! Each bot audio frame is timed against its due time (`ws_common`): its
+//! send lateness against the server's send schedule (the reply's first
+//! 100 ms at once, then each frame once its start is within the 100 ms send
+//! lead: `t0 + max(0, t − 100 ms)` for the frame `t` into a reply whose
+//! first frame arrived at t0); a frame is late when that passes 20 ms. A
+//! frame that arrives after the page's jitter buffer (80 ms start) needed it
+//! is a gap the user hears, counted apart: the lead absorbs about 100 ms of
+//! send lateness.
 //! Memory per session is the server's RSS delta (before the clients, at the
 //! end) divided by N.
 //!
@@ -35,87 +33,27 @@
 //! Under `cargo test` (no `--bench` argument) it runs one tiny step (2
 //! sessions, 2 s) to check that it works.
 
+mod ws_common;
+
 use colloquy::audio::{read_wav, resample_to_16k};
 use futures::{SinkExt, StreamExt};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
+use ws_common::{
+    cpu_secs, frame_bytes, rss_kib, server_stats, stale_tick, start_server, FrameClock, Journal,
+    ServerProc, FRAME,
+};
 
-const FRAME: usize = 320;
-/// The server's send lead (`ServeConfig::lead`, 100 ms by default).
-const LEAD_MS: f64 = 100.0;
-
-#[derive(Default, Debug, Clone)]
+#[derive(Default)]
 struct SessionResult {
-    frames: u64,
-    /// Frames whose lateness against their due time passed 20 ms.
-    late: u64,
-    /// Largest lateness against the due time (ms; negative = early).
-    max_late_ms: f64,
-    /// Frames that arrived after a page would have played them (gaps).
-    gaps: u64,
+    clock: FrameClock,
+    /// Send lateness of every frame (ms; negative = early).
     lateness_ms: Vec<f64>,
-    replies: u64,
     send_late_max_ms: f64,
     failed: Option<String>,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Server CPU time so far (user + system), seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1.to_string();
-            let f: Vec<&str> = after.split_whitespace().collect();
-            let u: f64 = f.get(11)?.parse().ok()?;
-            let k: f64 = f.get(12)?.parse().ok()?;
-            Some((u + k) / ticks)
-        })
-        .unwrap_or(0.0)
-}
-
-/// The server's `/stats` counters.
-async fn server_stats(ws_url: &str) -> serde_json::Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = ws_url.trim_start_matches("ws://");
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let path = path.replacen("ws?", "stats?", 1);
-    let Ok(mut s) = tokio::net::TcpStream::connect(host).await else {
-        return serde_json::Value::Null;
-    };
-    let req = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return serde_json::Value::Null;
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf).await;
-    buf.split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str(body).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-struct ServerProc {
-    child: Child,
-    url: String,
-    /// Holds the server's journal (each session is journaled, as by default).
-    _journal: tempfile::TempDir,
 }
 
 /// The hosted models of the density run: one in-process OpenAI-compatible
@@ -142,56 +80,28 @@ fn hosted_models(rt: &tokio::runtime::Runtime) -> colloquy::llm::testkit::FakeOp
     fake
 }
 
-fn start_server(token: &str, hosted: Option<&str>) -> ServerProc {
-    let journal = tempfile::tempdir().expect("journal dir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_colloquy"));
-    cmd.args(["serve", "--bind", "127.0.0.1:0", "--max-sessions", "100000"]);
-    match hosted {
-        None => cmd.args(["--agent", "parrot"]),
-        Some(base) => cmd
-            .args(["--agent", "voice"])
-            .arg(format!("--llm={base}::fake-chat"))
-            .arg(format!("--stt={base}::whisper-1"))
-            .arg(format!("--tts={base}::tts-1::alloy"))
-            .env("OPENAI_API_KEY", "density-bench"),
+fn load_server(hosted: Option<&str>) -> ServerProc {
+    let journal = match std::env::var("WS_LOAD_JOURNAL") {
+        Ok(j) => Journal::At(j),
+        Err(_) => Journal::Temp,
     };
-    let mut child = cmd
-        .arg("--journal")
-        .arg(
-            std::env::var("WS_LOAD_JOURNAL")
-                .unwrap_or_else(|_| journal.path().join("journal.sqlite").display().to_string()),
-        )
-        .env("COLLOQUY_TOKEN", token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start colloquy serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("server printed its URL")
-            .expect("read stdout");
-        if let Some(i) = line.find("http://") {
-            break line[i..].trim().to_string();
-        }
-    };
-    // Keep draining stdout so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    let ws = url
-        .replacen("http://", "ws://", 1)
-        .replacen("/?token", "/ws?token", 1);
-    ServerProc {
-        child,
-        url: ws,
-        _journal: journal,
-    }
+    start_server(journal, |cmd| {
+        match hosted {
+            None => cmd.args(["--agent", "parrot"]),
+            Some(base) => cmd
+                .args(["--agent", "voice"])
+                .arg(format!("--llm={base}::fake-chat"))
+                .arg(format!("--stt={base}::whisper-1"))
+                .arg(format!("--tts={base}::tts-1::alloy"))
+                .env("OPENAI_API_KEY", "density-bench"),
+        };
+    })
 }
 
 async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64) -> SessionResult {
     let mut r = SessionResult::default();
-    let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+    let (ws, _) = match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await
+    {
         Ok(x) => x,
         Err(e) => {
             r.failed = Some(format!("connect: {e}"));
@@ -209,23 +119,18 @@ async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut pos = offset - offset % FRAME;
-    // Reply timing: arrival of its first frame and samples received since.
-    let mut burst: Option<(Instant, u64)> = None;
-    let mut new_burst = true;
     loop {
         tokio::select! {
             deadline = tick.tick() => {
                 if deadline >= end {
                     break;
                 }
+                if stale_tick(deadline) {
+                    continue;
+                }
                 let late = Instant::now().saturating_duration_since(deadline);
                 r.send_late_max_ms = r.send_late_max_ms.max(late.as_secs_f64() * 1e3);
-                if pos + FRAME > audio.len() {
-                    pos = 0;
-                }
-                let bytes: Vec<u8> = audio[pos..pos + FRAME].iter().flat_map(|s| s.to_le_bytes()).collect();
-                pos += FRAME;
-                if tx.send(Message::binary(bytes)).await.is_err() {
+                if tx.send(Message::binary(frame_bytes(&audio, &mut pos))).await.is_err() {
                     r.failed = Some("send failed".into());
                     break;
                 }
@@ -234,35 +139,13 @@ async fn run_session(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64
                 let now = Instant::now();
                 match msg {
                     Some(Ok(Message::Binary(b))) => {
-                        let n = (b.len() / 2) as u64;
-                        r.frames += 1;
-                        if new_burst || burst.is_none() {
-                            burst = Some((now, 0));
-                            new_burst = false;
-                            r.replies += 1;
-                        }
-                        if let Some((t0, samples)) = burst.as_mut() {
-                            // Offset of this frame into the reply, and its
-                            // due time with the send lead accounted for.
-                            let offset_ms = *samples as f64 * 1e3 / 16_000.0;
-                            let end_ms = offset_ms + n as f64 * 1e3 / 16_000.0;
-                            let since_t0 = now.duration_since(*t0).as_secs_f64() * 1e3;
-                            let late = since_t0 - (end_ms - LEAD_MS).max(0.0);
-                            r.lateness_ms.push(late);
-                            r.max_late_ms = r.max_late_ms.max(late);
-                            if late > 20.0 {
-                                r.late += 1;
-                            }
-                            if since_t0 > offset_ms {
-                                r.gaps += 1;
-                            }
-                            *samples += n;
-                        }
+                        let late = r.clock.frame(now, (b.len() / 2) as u64);
+                        r.lateness_ms.push(late);
                     }
                     Some(Ok(Message::Text(t))) => {
                         let s = t.as_str();
                         if s.contains("\"bot_started_speaking\"") || s.contains("\"clear_playback\"") {
-                            new_burst = true;
+                            r.clock.reply_starts();
                         }
                         if s.contains("\"type\":\"error\"") {
                             r.failed = Some(format!("error event: {s}"));
@@ -357,9 +240,8 @@ fn main() {
     );
     let mut held = 0usize;
     for &n in &sessions {
-        let token = colloquy::transport::websocket::generate_token();
-        let mut server = start_server(&token, hosted.as_ref().map(|f| f.base_url()).as_deref());
-        let pid = server.child.id();
+        let server = load_server(hosted.as_ref().map(|f| f.base_url()).as_deref());
+        let pid = server.pid();
         std::thread::sleep(Duration::from_millis(300));
         let base = rss_kib(pid);
         let cpu0 = cpu_secs(pid);
@@ -387,15 +269,14 @@ fn main() {
         let peak = rss_kib(pid);
         let cpu = (cpu_secs(pid) - cpu0) / secs as f64 * 100.0;
         let stats = rt.block_on(server_stats(&server.url));
-        let _ = server.child.kill();
-        let _ = server.child.wait();
-        let frames: u64 = results.iter().map(|r| r.frames).sum();
-        let late: u64 = results.iter().map(|r| r.late).sum();
+        drop(server);
+        let frames: u64 = results.iter().map(|r| r.clock.frames).sum();
+        let late: u64 = results.iter().map(|r| r.clock.send_late.above(20.0)).sum();
         let max_late = results
             .iter()
-            .map(|r| r.max_late_ms)
-            .fold(f64::NEG_INFINITY, f64::max);
-        let gaps: u64 = results.iter().map(|r| r.gaps).sum();
+            .map(|r| r.clock.send_late.max_ms)
+            .fold(0.0, f64::max);
+        let gaps: u64 = results.iter().map(|r| r.clock.gaps).sum();
         let mut lateness: Vec<f64> = results
             .iter()
             .flat_map(|r| r.lateness_ms.iter().copied())
@@ -409,7 +290,7 @@ fn main() {
             .iter()
             .map(|r| r.send_late_max_ms)
             .fold(0.0, f64::max);
-        let replies: u64 = results.iter().map(|r| r.replies).sum();
+        let replies: u64 = results.iter().map(|r| r.clock.replies).sum();
         let failed: Vec<&String> = results.iter().filter_map(|r| r.failed.as_ref()).collect();
         let delta = peak.saturating_sub(base);
         println!(

@@ -5,10 +5,14 @@
 //! from its own offset) in real time, 20 ms per message, and time every bot
 //! audio frame.
 //!
-//! A reply's frame is due when a page that started playing the reply's
-//! first frame at once needs it, less the server's 100 ms send lead (the
-//! first 100 ms arrive together): `first arrival + max(0, t − 100 ms)` for
-//! the frame that starts `t` into the reply. Late: more than 20 ms after due.
+//! Each frame is timed two ways (`ws_common`): its *send lateness*, against
+//! the server's send schedule (`t0 + max(0, t − 100 ms)` for the frame `t`
+//! into a reply whose first frame arrived at t0: the 100 ms send lead), and
+//! whether it arrived after the page's jitter buffer needed it (a *gap*, what
+//! the user hears). Send lateness is shown as a histogram; "late" is more
+//! than 20 ms. The client's own wake-up lag (a task sleeping 20 ms over and
+//! over in the clients' runtime) and the server's tick lateness (`/stats`)
+//! tell where send lateness comes from.
 //!
 //! - `slow`: `WS_SLOW_SESSIONS` (10) well-behaved sessions for
 //!   `WS_SLOW_SECS` (30) s, first alone, then beside `WS_SLOW_STALLED` (10)
@@ -16,141 +20,52 @@
 //!   runs with `--send-buffer 8192`, so its writes to them block). Reports the
 //!   well-behaved sessions' frames later than 20 ms in each run.
 //! - `soak`: `WS_SOAK_SESSIONS` (50) sessions for `WS_SOAK_SECS` (1800) s.
-//!   Reports frames, late frames, replies, committed turns, and the
-//!   server's RSS and CPU sampled every 10 s, with the RSS slope after the
-//!   first minute per minute and per committed turn, and the late frames
-//!   of each tenth of the run. `WS_SOAK_GENERATIONS=G` splits the run into
-//!   G generations of fresh sessions, one after the other on the same
-//!   server, and reports the RSS once each generation's sessions closed:
-//!   memory held by live sessions (their history) is freed and reused by
-//!   the next generation, while a leak keeps growing across them.
+//!   Reports frames, late frames by both measures, replies, committed
+//!   turns, and the server's RSS and CPU sampled every 10 s, with the RSS
+//!   slope after the first minute per minute and per committed turn, and
+//!   the late frames of each tenth of the run. `WS_SOAK_GENERATIONS=G`
+//!   splits the run into G generations of fresh sessions, one after the
+//!   other on the same server, and reports the RSS once each generation's
+//!   sessions closed. `WS_SOAK_JOURNAL=off` runs the server with
+//!   `--no-journal` (to tell the journal's memory from the sessions').
 //!
 //! Run: `cargo bench --bench ws_soak` (both), `WS_SOAK_MODE=slow|soak`;
 //! short mode: `WS_SOAK_SHORT=1` (slow: 5 s; soak: 10 sessions, 60 s).
 //! Under `cargo test` (no `--bench` argument) it exits at once.
 
+mod ws_common;
+
 use colloquy::audio::{read_wav, resample_to_16k};
 use futures::{SinkExt, StreamExt};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
+use ws_common::{
+    client_lag, cpu_secs, env_u64, frame_bytes, rss_anon_kib, rss_kib, server_stats, slope,
+    stale_tick, start_server, ClockTotals, FrameClock, Journal, Lag, ServerProc, FRAME,
+};
 
-const FRAME: usize = 320;
-const LEAD: Duration = Duration::from_millis(100);
-
-#[derive(Default, Debug, Clone)]
+#[derive(Default)]
 struct SessionResult {
-    frames: u64,
-    late: u64,
-    max_late_ms: f64,
-    replies: u64,
-    /// Late frames per tenth of the run.
+    clock: FrameClock,
+    /// Frames more than 20 ms late against the send schedule, and gaps,
+    /// per tenth of the run.
     late_by_tenth: [u64; 10],
+    gaps_by_tenth: [u64; 10],
     failed: Option<String>,
 }
 
-fn proc_status(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1.to_string();
-            let f: Vec<&str> = after.split_whitespace().collect();
-            let u: f64 = f.get(11)?.parse().ok()?;
-            let k: f64 = f.get(12)?.parse().ok()?;
-            Some((u + k) / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
-fn slope(points: &[(f64, f64)]) -> f64 {
-    let n = points.len() as f64;
-    if n < 2.0 {
-        return 0.0;
-    }
-    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
-    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    if sxx == 0.0 {
-        0.0
-    } else {
-        sxy / sxx
-    }
-}
-
-struct ServerProc {
-    child: Child,
-    url: String,
-    _journal: tempfile::TempDir,
-}
-
-fn start_server() -> ServerProc {
-    start_server_with(&[])
-}
-
-fn start_server_with(extra: &[&str]) -> ServerProc {
-    let token = colloquy::transport::websocket::generate_token();
-    let journal = tempfile::tempdir().expect("journal dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_colloquy"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--agent", "parrot"])
-        .args(["--max-sessions", "100000"])
-        .args(extra)
-        .arg("--journal")
-        .arg(journal.path().join("journal.sqlite"))
-        .env("COLLOQUY_TOKEN", &token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start colloquy serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("server printed its URL")
-            .expect("read stdout");
-        if let Some(i) = line.find("http://") {
-            break line[i..].trim().to_string();
-        }
+fn parrot_server(extra: &[&str]) -> ServerProc {
+    let journal = match std::env::var("WS_SOAK_JOURNAL").as_deref() {
+        Ok("off") => Journal::Off,
+        _ => Journal::Temp,
     };
-    std::thread::spawn(move || for _ in lines {});
-    let url = url
-        .replacen("http://", "ws://", 1)
-        .replacen("/?token", "/ws?token", 1);
-    ServerProc {
-        child,
-        url,
-        _journal: journal,
-    }
-}
-
-fn frame_bytes(audio: &[i16], pos: &mut usize) -> Vec<u8> {
-    if *pos + FRAME > audio.len() {
-        *pos = 0;
-    }
-    let bytes = audio[*pos..*pos + FRAME]
-        .iter()
-        .flat_map(|s| s.to_le_bytes())
-        .collect();
-    *pos += FRAME;
-    bytes
+    start_server(journal, |c| {
+        c.args(["--agent", "parrot"]).args(extra);
+    })
 }
 
 /// A well-behaved session: streams in real time, times every bot frame.
@@ -162,7 +77,8 @@ async fn run_session(
     committed: Arc<AtomicU64>,
 ) -> SessionResult {
     let mut r = SessionResult::default();
-    let (ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+    let (ws, _) = match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await
+    {
         Ok(x) => x,
         Err(e) => {
             r.failed = Some(format!("connect: {e}"));
@@ -176,13 +92,14 @@ async fn run_session(
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut pos = offset - offset % FRAME;
-    let mut burst: Option<(Instant, u64)> = None;
-    let mut new_burst = true;
     loop {
         tokio::select! {
             deadline = tick.tick() => {
                 if deadline >= end {
                     break;
+                }
+                if stale_tick(deadline) {
+                    continue;
                 }
                 if tx.send(Message::binary(frame_bytes(&audio, &mut pos))).await.is_err() {
                     r.failed = Some("send failed".into());
@@ -193,29 +110,20 @@ async fn run_session(
                 let now = Instant::now();
                 match msg {
                     Some(Ok(Message::Binary(b))) => {
-                        r.frames += 1;
-                        if new_burst || burst.is_none() {
-                            burst = Some((now, 0));
-                            new_burst = false;
-                            r.replies += 1;
+                        let gaps = r.clock.gaps;
+                        let late = r.clock.frame(now, (b.len() / 2) as u64);
+                        let tenth = ((now.duration_since(start).as_secs_f64() / run.as_secs_f64() * 10.0) as usize).min(9);
+                        if late > 20.0 {
+                            r.late_by_tenth[tenth] += 1;
                         }
-                        if let Some((t0, samples)) = burst.as_mut() {
-                            let into = Duration::from_micros(*samples * 1_000_000 / 16_000);
-                            let due = *t0 + into.saturating_sub(LEAD);
-                            let late = now.saturating_duration_since(due).as_secs_f64() * 1e3;
-                            r.max_late_ms = r.max_late_ms.max(late);
-                            if late > 20.0 {
-                                r.late += 1;
-                                let tenth = (now.duration_since(start).as_secs_f64() / run.as_secs_f64() * 10.0) as usize;
-                                r.late_by_tenth[tenth.min(9)] += 1;
-                            }
-                            *samples += (b.len() / 2) as u64;
+                        if r.clock.gaps > gaps {
+                            r.gaps_by_tenth[tenth] += 1;
                         }
                     }
                     Some(Ok(Message::Text(t))) => {
                         let s = t.as_str();
                         if s.contains("\"bot_started_speaking\"") || s.contains("\"clear_playback\"") {
-                            new_burst = true;
+                            r.clock.reply_starts();
                         }
                         if s.contains("\"type\":\"committed\"") {
                             committed.fetch_add(1, Ordering::Relaxed);
@@ -274,41 +182,66 @@ async fn run_stalled(url: String, audio: Arc<Vec<i16>>, offset: usize, secs: u64
 }
 
 struct Totals {
-    frames: u64,
-    late: u64,
-    max_late_ms: f64,
-    replies: u64,
+    clock: ClockTotals,
     failed: usize,
     late_by_tenth: [u64; 10],
+    gaps_by_tenth: [u64; 10],
 }
 
 fn totals(results: &[SessionResult]) -> Totals {
     let mut t = Totals {
-        frames: 0,
-        late: 0,
-        max_late_ms: 0.0,
-        replies: 0,
+        clock: ClockTotals::default(),
         failed: 0,
         late_by_tenth: [0; 10],
+        gaps_by_tenth: [0; 10],
     };
     for r in results {
-        t.frames += r.frames;
-        t.late += r.late;
-        t.max_late_ms = t.max_late_ms.max(r.max_late_ms);
-        t.replies += r.replies;
+        r.clock.merge_into(&mut t.clock);
         t.failed += usize::from(r.failed.is_some());
         for (a, b) in t.late_by_tenth.iter_mut().zip(r.late_by_tenth) {
+            *a += b;
+        }
+        for (a, b) in t.gaps_by_tenth.iter_mut().zip(r.gaps_by_tenth) {
             *a += b;
         }
     }
     t
 }
 
-fn env_u64(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Both measures of lateness, and where send lateness comes from.
+fn print_lateness(t: &Totals, lag: &Lag, stats: &serde_json::Value) {
+    let c = &t.clock;
+    println!(
+        "frames {}: send lateness > 20 ms {} ({:.2} %), max {:.1} ms; \
+         arrived after the page needed them (gaps) {}, worst {:.1} ms; \
+         smallest playout margin {:.1} ms",
+        c.frames,
+        c.send_late.above(20.0),
+        c.send_late.above(20.0) as f64 * 100.0 / c.frames.max(1) as f64,
+        c.send_late.max_ms,
+        c.gaps,
+        c.max_gap_ms,
+        c.min_margin_ms.unwrap_or(0.0),
+    );
+    println!("send lateness histogram (ms): {}", c.send_late.line());
+    println!(
+        "client wake-up lag (20 ms sleeps in the clients' runtime): > 20 ms {}, max {:.1} ms; {}",
+        lag.hist.above(20.0),
+        lag.hist.max_ms,
+        lag.hist.line()
+    );
+    if lag.pauses > 0 {
+        println!(
+            "PAUSED: the processes were stopped {} time(s), {:.0} s in all (a wake-up over 1 s late); \
+             the figures above include the frames around those pauses",
+            lag.pauses, lag.paused_secs
+        );
+    }
+    println!(
+        "server ticks more than 20 ms late: {}, latest {:.1} ms (/stats)",
+        stats["ticks_late"],
+        stats["max_tick_late_us"].as_f64().unwrap_or(0.0) / 1e3
+    );
 }
 
 fn slow(audio: &Arc<Vec<i16>>, short: bool) {
@@ -317,13 +250,13 @@ fn slow(audio: &Arc<Vec<i16>>, short: bool) {
     let secs = env_u64("WS_SLOW_SECS", if short { 5 } else { 30 });
     println!("slow clients: {sessions} well-behaved session(s), {secs} s, alone then beside {stalled} clients that never read");
     println!(
-        "{:>8} {:>9} {:>9} {:>11} {:>8} {:>7}",
-        "stalled", "frames", "late>20ms", "max late ms", "replies", "failed"
+        "{:>8} {:>9} {:>9} {:>11} {:>6} {:>8} {:>7}",
+        "stalled", "frames", "late>20ms", "max late ms", "gaps", "replies", "failed"
     );
     for n_stalled in [0, stalled] {
         // A small send buffer: the server's writes to the stalled block
         // within a second (the kernel's default grows to hold seconds).
-        let mut server = start_server_with(&["--send-buffer", "8192"]);
+        let server = parrot_server(&["--send-buffer", "8192"]);
         std::thread::sleep(Duration::from_millis(300));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -358,12 +291,17 @@ fn slow(audio: &Arc<Vec<i16>>, short: bool) {
             out
         });
         drop(rt);
-        let _ = server.child.kill();
-        let _ = server.child.wait();
+        drop(server);
         let t = totals(&results);
         println!(
-            "{:>8} {:>9} {:>9} {:>11.1} {:>8} {:>7}",
-            n_stalled, t.frames, t.late, t.max_late_ms, t.replies, t.failed
+            "{:>8} {:>9} {:>9} {:>11.1} {:>6} {:>8} {:>7}",
+            n_stalled,
+            t.clock.frames,
+            t.clock.send_late.above(20.0),
+            t.clock.send_late.max_ms,
+            t.clock.gaps,
+            t.clock.replies,
+            t.failed
         );
     }
 }
@@ -373,10 +311,10 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
     let secs = env_u64("WS_SOAK_SECS", if short { 60 } else { 1800 });
     let generations = env_u64("WS_SOAK_GENERATIONS", 1).max(1);
     let gen_secs = (secs / generations).max(1);
-    let mut server = start_server();
-    let pid = server.child.id();
+    let server = parrot_server(&[]);
+    let pid = server.pid();
     std::thread::sleep(Duration::from_millis(300));
-    let rss0 = proc_status(pid, "VmRSS:");
+    let rss0 = rss_kib(pid);
     let cpu0 = cpu_secs(pid);
     println!(
         "soak: {sessions} sessions for {secs} s in real time, in {generations} generation(s) \
@@ -388,16 +326,23 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
         .build()
         .expect("runtime");
     let committed = Arc::new(AtomicU64::new(0));
-    let (results, samples, ends) = rt.block_on(async {
+    let (results, samples, ends, lag, stats) = rt.block_on(async {
         let turns = committed.clone();
+        let total = Duration::from_secs(gen_secs * generations);
+        let lag = tokio::spawn(client_lag(Instant::now() + total));
         let sampler = tokio::spawn(async move {
             let t0 = Instant::now();
             let mut samples = Vec::new();
-            while t0.elapsed() < Duration::from_secs(gen_secs * generations) {
+            loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
+                if t0.elapsed() >= total {
+                    // The sessions are closing: not a sample of the run.
+                    break;
+                }
                 samples.push(Sample {
                     minutes: t0.elapsed().as_secs_f64() / 60.0,
-                    rss_kib: proc_status(pid, "VmRSS:"),
+                    rss_kib: rss_kib(pid),
+                    anon_kib: rss_anon_kib(pid),
                     turns: turns.load(Ordering::Relaxed),
                 });
             }
@@ -424,16 +369,19 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
             }
             // The closes reach the server and its sessions end.
             tokio::time::sleep(Duration::from_secs(2)).await;
-            ends.push((
-                proc_status(pid, "VmRSS:"),
-                committed.load(Ordering::Relaxed),
-            ));
+            ends.push((rss_kib(pid), committed.load(Ordering::Relaxed)));
         }
-        (out, sampler.await.unwrap_or_default(), ends)
+        let stats = server_stats(&server.url).await;
+        (
+            out,
+            sampler.await.unwrap_or_default(),
+            ends,
+            lag.await.unwrap_or_default(),
+            stats,
+        )
     });
     let cpu = (cpu_secs(pid) - cpu0) / (gen_secs * generations) as f64 * 100.0;
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+    drop(server);
     let t = totals(&results);
     // From the second minute on (sessions and allocator warm).
     let warm: Vec<&Sample> = samples
@@ -446,26 +394,59 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
         .map(|s| (s.turns as f64, s.rss_kib as f64))
         .collect();
     println!(
-        "frames {} late>20ms {} max late {:.1} ms replies {} committed turns {} failed {}",
-        t.frames,
-        t.late,
-        t.max_late_ms,
-        t.replies,
+        "replies {} committed turns {} failed {}",
+        t.clock.replies,
         committed.load(Ordering::Relaxed),
         t.failed
     );
+    print_lateness(&t, &lag, &stats);
+    if let Some(f) = results.iter().find_map(|r| r.failed.as_ref()) {
+        println!("first failure: {f}");
+    }
     println!(
-        "late frames by tenth of each generation's run: {:?}",
-        t.late_by_tenth
+        "send lateness > 20 ms by tenth of each generation's run: {:?}; gaps: {:?}",
+        t.late_by_tenth, t.gaps_by_tenth
     );
     println!(
-        "server RSS {} -> {} KiB, slope after the first minute {:.1} KiB/min, \
-         {:.2} KiB per committed turn; CPU {:.1} % of a core",
+        "server RSS {} -> {} KiB (at 1 min {} KiB), slope after the first minute {:.1} KiB/min, \
+         {:.3} KiB per committed turn; CPU {:.1} % of a core",
         rss0,
         samples.last().map_or(rss0, |s| s.rss_kib),
+        warm.first().map_or(rss0, |s| s.rss_kib),
         slope(&by_minute),
         slope(&by_turn),
         cpu
+    );
+    let late: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.minutes * 3.0 >= (secs / 60) as f64)
+        .map(|s| (s.minutes, s.rss_kib as f64))
+        .collect();
+    let late_turns: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.minutes * 3.0 >= (secs / 60) as f64)
+        .map(|s| (s.turns as f64, s.rss_kib as f64))
+        .collect();
+    println!(
+        "over the last two thirds of the run: RSS slope {:.1} KiB/min, {:.3} KiB per committed turn",
+        slope(&late),
+        slope(&late_turns)
+    );
+    println!(
+        "server RSS by minute: {:?}",
+        samples
+            .iter()
+            .filter(|s| (s.minutes * 6.0).round() as u64 % 6 == 0)
+            .map(|s| s.rss_kib)
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "server anonymous RSS (heap) by minute: {:?}",
+        samples
+            .iter()
+            .filter(|s| (s.minutes * 6.0).round() as u64 % 6 == 0)
+            .map(|s| s.anon_kib)
+            .collect::<Vec<_>>()
     );
     for (g, (rss, turns)) in ends.iter().enumerate() {
         println!(
@@ -479,6 +460,7 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
 struct Sample {
     minutes: f64,
     rss_kib: u64,
+    anon_kib: u64,
     turns: u64,
 }
 

@@ -93,6 +93,10 @@ struct PipelineArgs {
     /// are on by default: the reply is held until the endpoint).
     #[arg(long)]
     no_speculate: bool,
+    /// Plain messages of the conversation kept in memory per session (the
+    /// journal keeps them all; tool calls are always kept). Min 12.
+    #[arg(long, env = "COLLOQUY_HISTORY_MESSAGES", default_value_t = colloquy::turn::DEFAULT_HISTORY_MESSAGES)]
+    history_messages: usize,
     /// Conversation flow (TOML or JSON, see docs/flows.md). Default: the
     /// built-in open chat, flows/assistant.toml.
     #[arg(long, value_name = "FILE")]
@@ -481,6 +485,7 @@ fn session_config(args: &PipelineArgs) -> anyhow::Result<SessionConfig> {
         config.coordinator.interrupt_min_ms = ms;
     }
     config.coordinator.speculative = !args.no_speculate;
+    config.coordinator.history_messages = args.history_messages;
     Ok(config)
 }
 

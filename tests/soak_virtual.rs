@@ -15,6 +15,13 @@
 //! turn is committed, the cut ones marked interrupted; no task is left
 //! running and no outcome is given twice; each turn's latency on the session
 //! clock (end of speech → first bot audio) stays within a fixed band.
+//! Memory, deterministically: the in-memory history stays within its bound
+//! (`turn/history.rs`: at most `DEFAULT_HISTORY_MESSAGES` plain messages,
+//! the rest dropped from memory), and the live heap (bytes allocated and not
+//! freed, counted by this binary's global allocator) sampled at the same
+//! point of every turn (its commit) does not grow once the bound is reached:
+//! its least-squares slope over the last two thirds of the turns is under
+//! 16 bytes per turn (an unbounded history grows ≈ 300 bytes per turn).
 //! Reported, not asserted: the slopes of the process's RSS (KiB per
 //! virtual minute) and of the per-turn latency (ms per turn) — both
 //! should be about zero.
@@ -25,8 +32,46 @@ use colloquy::agent::{Agent, Payload, Reporter, TurnJob};
 use colloquy::audio::{input_ring, output_ring};
 use colloquy::frame::{Event, FRAME_SAMPLES};
 use colloquy::session::{Pacing, Session, SessionConfig};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Bytes allocated and not yet freed, the whole process.
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+struct Counting;
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 const HOUR_MS: u64 = 3_600_000;
 const BARGE_EVERY: u64 = 3;
@@ -46,6 +91,11 @@ struct SoakReport {
     interrupted: u64,
     latencies: Vec<(u64, u64)>,
     rss: Vec<(f64, u64)>,
+    /// Live heap bytes at each commit.
+    live: Vec<i64>,
+    /// Messages the coordinator keeps, and plain messages it dropped.
+    history_kept: usize,
+    history_dropped: u64,
     wall_secs: f64,
 }
 
@@ -110,8 +160,13 @@ fn soak(agent: Arc<dyn Agent>, duration_ms: u64) -> SoakReport {
     let mut report = SoakReport {
         turns: 0,
         interrupted: 0,
-        latencies: Vec::new(),
-        rss: Vec::new(),
+        // Sized up front: the report's own growth must not count as the
+        // session's (live heap check).
+        latencies: Vec::with_capacity(4096),
+        rss: Vec::with_capacity(128),
+        live: Vec::with_capacity(4096),
+        history_kept: 0,
+        history_dropped: 0,
         wall_secs: 0.0,
     };
     let wall = Instant::now();
@@ -168,7 +223,8 @@ fn soak(agent: Arc<dyn Agent>, duration_ms: u64) -> SoakReport {
             output.read(&mut out_frame);
         });
         let _ = session.drain_committed();
-        for e in session.drain_events() {
+        let events: Vec<_> = session.drain_events().collect();
+        for e in events {
             match e.event {
                 Event::BotStartedSpeaking { .. } => bot_speaking_since = Some(e.t_ms),
                 Event::BotStoppedSpeaking { .. } | Event::Interrupted { .. } => {
@@ -187,6 +243,12 @@ fn soak(agent: Arc<dyn Agent>, duration_ms: u64) -> SoakReport {
                 Event::Committed { interrupted, .. } => {
                     report.turns += 1;
                     report.interrupted += u64::from(interrupted);
+                    report.live.push(LIVE.load(Ordering::Relaxed));
+                    let kept = session.coordinator().history().len();
+                    assert!(
+                        kept <= colloquy::turn::DEFAULT_HISTORY_MESSAGES,
+                        "the history kept {kept} messages, over its bound"
+                    );
                 }
                 _ => {}
             }
@@ -206,8 +268,43 @@ fn soak(agent: Arc<dyn Agent>, duration_ms: u64) -> SoakReport {
     }
     assert_eq!(session.coordinator().in_flight(), 0, "no task left running");
     assert_eq!(session.coordinator().outcome_conflicts(), 0, "invariant 4");
+    report.history_kept = session.coordinator().history().len();
+    report.history_dropped = session.coordinator().history_dropped();
     report.wall_secs = wall.elapsed().as_secs_f64();
     report
+}
+
+/// Slope (bytes per turn) of the live heap at commits over the last two
+/// thirds of the turns (the history bound is reached in the first third).
+fn live_slope(r: &SoakReport) -> f64 {
+    let from = r.live.len() / 3;
+    let points: Vec<(f64, f64)> = r.live[from..]
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| ((from + i) as f64, b as f64))
+        .collect();
+    slope(&points)
+}
+
+/// The memory checks both soaks share (see the module doc).
+fn assert_memory_flat(name: &str, r: &SoakReport) {
+    let kept = r.history_kept;
+    let slope = live_slope(r);
+    println!(
+        "soak {name}: history kept {kept} messages, {} dropped from memory; live heap at commits {} -> {} bytes, \
+         slope over the last two thirds {slope:.1} bytes/turn",
+        r.history_dropped,
+        r.live.first().copied().unwrap_or(0),
+        r.live.last().copied().unwrap_or(0),
+    );
+    assert!(
+        r.history_dropped > 0,
+        "a long session reached its history bound"
+    );
+    assert!(
+        slope.abs() < 16.0,
+        "live heap grows {slope:.1} bytes per turn after the history bound"
+    );
 }
 
 fn summarize(name: &str, r: &SoakReport) -> (f64, f64) {
@@ -286,6 +383,7 @@ fn an_hour_with_the_parrot_and_barge_ins_stays_flat() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let r = soak(Arc::new(ParrotAgent), HOUR_MS);
     summarize("parrot", &r);
+    assert_memory_flat("parrot", &r);
     // About 6 s per turn (3 s of speech, the reply, pauses): hundreds of
     // turns in the hour, a third of them cut.
     assert!(r.turns >= 300, "{} turns", r.turns);
@@ -315,6 +413,7 @@ fn an_hour_with_scripted_models_and_barge_ins_stays_flat() {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let r = soak(Arc::new(ScriptedModels), HOUR_MS);
     summarize("scripted models", &r);
+    assert_memory_flat("scripted models", &r);
     assert!(r.turns >= 300, "{} turns", r.turns);
     assert!(
         r.interrupted * 4 >= r.turns,

@@ -98,6 +98,9 @@ impl Harness {
         let playout = Playout::new(prod, 16_000).expect("playout");
         let config = CoordinatorConfig {
             resume,
+            // The whole history, to check it grows by whole rounds only (the
+            // bound is `turn/history.rs`'s own test).
+            history_messages: usize::MAX,
             ..CoordinatorConfig::default()
         };
         let coord = Coordinator::new(

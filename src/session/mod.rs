@@ -206,8 +206,10 @@ impl Session {
 
     /// Starts from committed history (resumed session).
     pub fn with_history(mut self, history: Vec<crate::llm::ChatMessage>) -> Self {
-        self.warm.set_history(history.clone());
+        // The coordinator keeps the bounded window (turn/history.rs); the
+        // warm-up prefills the same.
         self.coordinator = self.coordinator.with_history(history);
+        self.warm.set_history(self.coordinator.history().to_vec());
         self
     }
 

@@ -1,5 +1,6 @@
 //! The coordinator's state machine (invariants are numbered in `turn/mod.rs`).
 
+use super::history::History;
 use super::playout::{Playout, SpokenChunk};
 use crate::agent::{Agent, CostMode, Payload, Reporter, TaskId, TaskMessage, TurnJob};
 use crate::frame::{samples_to_ms, CancelReason, CancelSignal, Event, TimedEvent, SAMPLE_RATE};
@@ -42,6 +43,9 @@ pub struct CoordinatorConfig {
     /// `pause_ms`), holding the reply until the endpoint confirms the turn;
     /// the user going on cancels it (invariant 8).
     pub speculative: bool,
+    /// Plain messages of committed history kept in memory (the journal
+    /// keeps them all; `history.rs` invariant 2).
+    pub history_messages: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -59,6 +63,7 @@ impl Default for CoordinatorConfig {
             resume: ResumeMode::Restate,
             max_carry_secs: 30,
             speculative: true,
+            history_messages: super::history::DEFAULT_HISTORY_MESSAGES,
         }
     }
 }
@@ -170,6 +175,10 @@ struct Suspended {
     sent: u64,
 }
 
+/// Outcomes kept in memory: the last this many tasks' (older ones are
+/// only counted as settled).
+const OUTCOMES_KEPT: usize = 64;
+
 /// The turn coordinator. Single-threaded (invariant 6).
 pub struct Coordinator {
     config: CoordinatorConfig,
@@ -180,14 +189,17 @@ pub struct Coordinator {
     playout: Playout,
     epoch: u64,
     next_task: TaskId,
-    history: Vec<ChatMessage>,
+    history: History,
     staging: Option<Staging>,
     suspended: Option<Suspended>,
     call_ended: bool,
     /// The first frame was seen (the greeting decision is made once).
     started: bool,
     in_flight: BTreeMap<TaskId, InFlight>,
+    /// Outcomes of the last tasks (at most `2 × OUTCOMES_KEPT`); every
+    /// task below `outcomes_floor` has one.
     outcomes: BTreeMap<TaskId, Outcome>,
+    outcomes_floor: TaskId,
     state: TurnState,
     /// User speech start (sample) while the bot speaks: a barge-in candidate.
     candidate: Option<u64>,
@@ -208,6 +220,7 @@ impl Coordinator {
         playout: Playout,
         session_cancel: CancellationToken,
     ) -> Self {
+        let history = History::new(config.history_messages);
         Self {
             config,
             agent,
@@ -217,13 +230,14 @@ impl Coordinator {
             playout,
             epoch: 0,
             next_task: 1,
-            history: Vec::new(),
+            history,
             staging: None,
             suspended: None,
             call_ended: false,
             started: false,
             in_flight: BTreeMap::new(),
             outcomes: BTreeMap::new(),
+            outcomes_floor: 0,
             state: TurnState::Idle,
             candidate: None,
             carried_audio: Vec::new(),
@@ -236,7 +250,7 @@ impl Coordinator {
 
     /// Starts from committed history (a resumed session).
     pub fn with_history(mut self, history: Vec<ChatMessage>) -> Self {
-        self.history = history;
+        self.history.replace(history);
         self
     }
 
@@ -247,8 +261,15 @@ impl Coordinator {
         self.state
     }
     pub fn history(&self) -> &[ChatMessage] {
-        &self.history
+        self.history.messages()
     }
+
+    /// Plain messages of committed history dropped from memory so far
+    /// (bounded history, `history.rs`).
+    pub fn history_dropped(&self) -> u64 {
+        self.history.dropped()
+    }
+    /// Outcomes of the recent tasks (older ones are dropped from memory).
     pub fn outcomes(&self) -> &BTreeMap<TaskId, Outcome> {
         &self.outcomes
     }
@@ -297,12 +318,35 @@ impl Coordinator {
     /// Records how a task ended; a second outcome is counted as a conflict
     /// and ignored (holds invariant 4).
     fn set_outcome(&mut self, task: TaskId, outcome: Outcome) {
-        if self.outcomes.contains_key(&task) {
+        if self.has_outcome(&task) {
             self.outcome_conflicts += 1;
             tracing::error!(task, ?outcome, "task already has an outcome");
             return;
         }
         self.outcomes.insert(task, outcome);
+        // Bounded memory: outcomes of tasks long settled are forgotten, and
+        // every task below the floor counts as having one (invariant 4 is
+        // still checked for them: a late second outcome is a conflict).
+        if self.outcomes.len() > 2 * OUTCOMES_KEPT {
+            let floor = self
+                .next_task
+                .saturating_sub(OUTCOMES_KEPT as TaskId)
+                .min(self.in_flight.keys().next().copied().unwrap_or(TaskId::MAX));
+            while self
+                .outcomes
+                .first_key_value()
+                .is_some_and(|(t, _)| *t < floor)
+            {
+                self.outcomes.pop_first();
+            }
+            self.outcomes_floor = self.outcomes_floor.max(floor);
+        }
+    }
+
+    /// Whether `task` has its outcome (holds invariant 4 past the pruning
+    /// of old outcomes).
+    fn has_outcome(&self, task: &TaskId) -> bool {
+        *task < self.outcomes_floor || self.outcomes.contains_key(task)
     }
 
     /// Tasks given a second outcome (always 0 unless invariant 4 is broken).
@@ -422,7 +466,7 @@ impl Coordinator {
         if let Some(st) = self.staging.take() {
             st.cancel.cancel(CancelReason::BargeIn);
             // A job that had already finished is cancelled here.
-            if !self.outcomes.contains_key(&st.task) {
+            if !self.has_outcome(&st.task) {
                 self.set_outcome(st.task, Outcome::Cancelled(CancelReason::BargeIn));
                 self.emit(
                     now_ms,
@@ -573,7 +617,7 @@ impl Coordinator {
                 greeting,
             },
         );
-        let mut history = self.history.clone();
+        let mut history = self.history.messages().to_vec();
         if let Some(s) = &self.suspended {
             // Provisional: what the new turn would see if the interruption is real.
             history.extend(interrupted_round(s));
@@ -610,7 +654,7 @@ impl Coordinator {
         if !current {
             self.quarantined += 1;
             // A task id never dispatched: its only outcome is this quarantine.
-            if msg.task >= self.next_task && !self.outcomes.contains_key(&msg.task) {
+            if msg.task >= self.next_task && !self.has_outcome(&msg.task) {
                 self.outcomes.insert(msg.task, Outcome::Quarantined);
             }
             self.emit(
@@ -805,7 +849,7 @@ impl Coordinator {
             // as cancelled by the barge-in (the heard prefix may still be
             // committed, see `commit_suspended`).
             st.cancel.cancel(CancelReason::BargeIn);
-            if st.task != 0 && !self.outcomes.contains_key(&st.task) {
+            if st.task != 0 && !self.has_outcome(&st.task) {
                 self.set_outcome(st.task, Outcome::Cancelled(CancelReason::BargeIn));
             }
             let timing = st.timing();
@@ -946,7 +990,7 @@ impl Coordinator {
                 },
             );
         }
-        if !self.outcomes.contains_key(&task) {
+        if !self.has_outcome(&task) {
             self.set_outcome(task, Outcome::Cancelled(CancelReason::BargeIn));
         }
         self.staging = None;
@@ -1041,7 +1085,7 @@ impl Coordinator {
             .map(|m| m.content.clone())
             .unwrap_or_default();
         // Holds invariant 1: one extend, whole round.
-        self.history.extend(messages.iter().cloned());
+        self.history.push_round(&messages);
         self.committed.push(CommittedRound {
             epoch: self.epoch,
             messages,
@@ -1070,7 +1114,7 @@ impl Coordinator {
         self.cancel_all(CancelReason::Shutdown, now_ms);
         if let Some(st) = &self.staging {
             st.cancel.cancel(CancelReason::Shutdown);
-            if st.task != 0 && !self.outcomes.contains_key(&st.task) {
+            if st.task != 0 && !self.has_outcome(&st.task) {
                 self.set_outcome(st.task, Outcome::Cancelled(CancelReason::Shutdown));
             }
         }

@@ -14,7 +14,9 @@
 //!   backchannel → a false interruption, and the bot resumes.
 //!
 //! # Invariants
-//! 1. History only grows by whole committed rounds, appended in one step.
+//! 1. History only grows by whole committed rounds, appended in one step;
+//!    what a session keeps in memory is bounded (`history.rs`), the
+//!    journal keeps it all.
 //! 2. No message from an epoch other than the current one is ever staged.
 //! 3. After a barge-in, no sample of the interrupted reply reaches the
 //!    transport (playout invariant 1).
@@ -39,9 +41,11 @@
 //!    user words.
 
 mod coordinator;
+pub mod history;
 pub mod playout;
 
 pub use coordinator::{
     CommittedRound, Coordinator, CoordinatorConfig, Outcome, ResumeMode, TurnState, TurnTiming,
 };
+pub use history::{History, DEFAULT_HISTORY_MESSAGES};
 pub use playout::{Playout, SpokenChunk};

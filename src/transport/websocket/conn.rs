@@ -26,7 +26,9 @@
 //!    `clear_playback` reaches the client before any audio of the next reply
 //!    (the ring flush is applied at the read, ring invariant 1).
 //! 2. Bot audio sent never runs more than `lead` (+ one frame) ahead of wall
-//!    time.
+//!    time, and each frame is sent once its start is within `lead` of wall
+//!    time: the loop wakes at that instant (`next_send`), not at the next
+//!    20 ms tick, so the reply stays a full `lead` ahead of playout.
 //! 3. A bad client message costs the client an error event and the message,
 //!    never the session's state; a client that goes on misbehaving (flood of
 //!    messages, pings or audio faster than real time; oversized frames
@@ -145,6 +147,12 @@ struct Driver {
     last_audio: Instant,
     /// Wall time up to which bot audio has been sent (invariant 2).
     sent_until: Instant,
+    /// When the next frame of the reply playing is due to be sent
+    /// (`sent_until − lead`), while it has more to send: the loop wakes
+    /// then rather than at the next 20 ms tick (invariant 2).
+    next_send: Option<Instant>,
+    /// While the client is quiet: silence fed up to this instant.
+    silence_fed: Option<Instant>,
     state: &'static str,
     user_speaking: bool,
     /// The journal session this conversation is written to (none: not
@@ -203,6 +211,8 @@ pub(crate) async fn run_connection(
         last_message: now,
         last_audio: now,
         sent_until: now,
+        next_send: None,
+        silence_fed: None,
         state: "",
         user_speaking: false,
         shared,
@@ -240,6 +250,11 @@ pub(crate) async fn run_connection(
     let end = loop {
         if let Err(end) = flush(&mut socket, &mut d.out, d.shared.config.send_timeout).await {
             break end;
+        }
+        if let Some(at) = d.next_send.take() {
+            // Each frame goes out at its own send time, not at the tick
+            // after it (up to 20 ms late); the tick's period stays 20 ms.
+            tick.reset_at(at);
         }
         tokio::select! {
             biased;
@@ -688,10 +703,23 @@ impl Driver {
         if let Some(live) = self.live.as_mut() {
             if now.saturating_duration_since(self.last_audio) > QUIET_AFTER {
                 // The client is quiet (mic off): feed silence in real time so
-                // the session clock, playout and turn-taking go on.
+                // the session clock, playout and turn-taking go on. By wall
+                // time, not per tick: the tick is moved to frames' send times
+                // (invariant 2), which must not feed extra silence.
+                let frame = Duration::from_millis(FRAME_MS);
+                let fed = self.silence_fed.get_or_insert(now - frame);
+                if now.saturating_duration_since(*fed) > frame * 5 {
+                    // A stalled loop does not backfill more than a frame.
+                    *fed = now - frame;
+                }
                 let n = (live.input_rate / 50) as usize;
-                live.scratch[..n].fill(0.0);
-                live.input.push(&live.scratch[..n]);
+                while *fed + frame <= now {
+                    live.scratch[..n].fill(0.0);
+                    live.input.push(&live.scratch[..n]);
+                    *fed += frame;
+                }
+            } else {
+                self.silence_fed = None;
             }
         }
         self.process();
@@ -777,11 +805,13 @@ impl Driver {
         if self.sent_until < now {
             self.sent_until = now;
         }
-        let horizon = now + self.shared.config.lead;
+        let lead = self.shared.config.lead;
+        let horizon = now + lead;
+        self.next_send = None;
         while self.sent_until < horizon {
             let n = live.output.read(&mut live.out_frame);
             if n == 0 {
-                break;
+                return;
             }
             let mut bytes = Vec::with_capacity(n * 2);
             for &s in &live.out_frame[..n] {
@@ -791,6 +821,9 @@ impl Driver {
             self.shared.stats.frames_out.fetch_add(1, Ordering::Relaxed);
             self.sent_until += Duration::from_micros(n as u64 * 1_000_000 / SAMPLE_RATE as u64);
         }
+        // Stopped by the lead, not by an empty ring: the next frame is due
+        // once its start is within the lead.
+        self.next_send = Some(self.sent_until - lead);
     }
 
     /// Ends the session: cancels tasks, commits what was heard (to the

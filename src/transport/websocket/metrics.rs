@@ -18,6 +18,8 @@
 //!    summaries, so instances aggregate.
 //! 2. Labels are bounded sets (stage names, backends, model names, event
 //!    sources): never session ids or text.
+//! 3. Memory stays flat without scrapes: the recorded samples are drained
+//!    into their buckets every 5 s ([`start_upkeep`]).
 
 use super::ServerShared;
 use crate::turn::CommittedRound;
@@ -51,6 +53,24 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 }
 
 /// Records a committed turn: count, model, latencies.
+/// Drains the recorded histogram samples into their buckets every 5 s, once
+/// per process: `install_recorder` keeps every sample until a scrape
+/// otherwise, so an unscraped server's memory grew with every turn.
+pub fn start_upkeep() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    let Some(h) = handle() else { return };
+    if STARTED.set(()).is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            h.run_upkeep();
+        }
+    });
+}
+
 pub fn observe_round(round: &CommittedRound) {
     let interrupted = if round.interrupted { "true" } else { "false" };
     metrics::counter!("colloquy_turns_total", "interrupted" => interrupted).increment(1);

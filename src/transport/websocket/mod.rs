@@ -269,6 +269,7 @@ impl Server {
     /// Binds `config.bind` (port 0 picks a free port).
     pub async fn bind(config: ServeConfig, agents: AgentFactory) -> Result<Self, ServeError> {
         self::metrics::handle();
+        self::metrics::start_upkeep();
         if config.token.is_empty() {
             return Err(ServeError::EmptyToken);
         }
@@ -366,6 +367,10 @@ impl Server {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let send_buffer = shared.config.send_buffer;
         let listener = self.listener.tap_io(move |tcp| {
+            // Bot audio is small messages every 20 ms: Nagle's algorithm
+            // would hold each until the client's next ACK (its next audio
+            // message, up to 20 ms later) — conn.rs invariant 2.
+            let _ = tcp.set_nodelay(true);
             if let Some(n) = send_buffer {
                 let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(n);
             }
