@@ -41,11 +41,12 @@ fn replay_hosted(
     common::write_wav16k(&input, &common::caller(clips));
     let mut ropts = ReplayOptions::new(&input);
     ropts.pace = Pace::Fast;
-    replay(
-        &ropts,
-        stack.agent(runtime.handle().clone()),
-        SessionConfig::default(),
-    )
+    // The scripted STT answers one line per request in order: no speculative
+    // turns at the callers' short pauses (each would ask for a transcript
+    // and take the next utterance's line; speculation has its own tests).
+    let mut config = SessionConfig::default();
+    config.turn.pause_ms = 10_000;
+    replay(&ropts, stack.agent(runtime.handle().clone()), config)
     .expect("replay")
 }
 
