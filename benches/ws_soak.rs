@@ -330,6 +330,7 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
         let turns = committed.clone();
         let total = Duration::from_secs(gen_secs * generations);
         let lag = tokio::spawn(client_lag(Instant::now() + total));
+        let stats_url = server.url.clone();
         let sampler = tokio::spawn(async move {
             let t0 = Instant::now();
             let mut samples = Vec::new();
@@ -339,10 +340,14 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
                     // The sessions are closing: not a sample of the run.
                     break;
                 }
+                let sqlite = server_stats(&stats_url).await["sqlite_heap_bytes"]
+                    .as_u64()
+                    .unwrap_or(0);
                 samples.push(Sample {
                     minutes: t0.elapsed().as_secs_f64() / 60.0,
                     rss_kib: rss_kib(pid),
                     anon_kib: rss_anon_kib(pid),
+                    sqlite_kib: sqlite / 1024,
                     turns: turns.load(Ordering::Relaxed),
                 });
             }
@@ -432,6 +437,23 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
         slope(&late),
         slope(&late_turns)
     );
+    // The heap apart from SQLite's own (page cache and statements, bounded
+    // by the journal's cache_size): the sessions' and the server's memory.
+    let late_rest: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.minutes * 3.0 >= (secs / 60) as f64)
+        .map(|s| (s.turns as f64, s.anon_kib as f64 - s.sqlite_kib as f64))
+        .collect();
+    println!(
+        "over the last two thirds: heap without SQLite's {:.3} KiB per committed turn; \
+         SQLite's heap (KiB) by minute: {:?}",
+        slope(&late_rest),
+        samples
+            .iter()
+            .filter(|s| (s.minutes * 6.0).round() as u64 % 6 == 0)
+            .map(|s| s.sqlite_kib)
+            .collect::<Vec<_>>()
+    );
     println!(
         "server RSS by minute: {:?}",
         samples
@@ -461,6 +483,8 @@ struct Sample {
     minutes: f64,
     rss_kib: u64,
     anon_kib: u64,
+    /// SQLite's heap in the server (`/stats`).
+    sqlite_kib: u64,
     turns: u64,
 }
 

@@ -696,12 +696,13 @@ mod local {
         let report = report?;
         let c = &report.counters;
         println!(
-            "stopped after {:.1} s: {} turn(s) committed; overruns {}, underruns {}, xruns {}, {}",
+            "stopped after {:.1} s: {} turn(s) committed; overruns {}, underruns {}, xruns {}, output reopened {}, {}",
             report.session_ms as f64 / 1000.0,
             report.committed.len(),
             c.input_overruns,
             c.output_underruns,
             c.xruns,
+            c.reopens,
             report.echo.summary(report.echo_mode)
         );
         super::print_rounds(&report.committed);

@@ -310,6 +310,21 @@ impl Pulse {
         assert!(ok, "paplay {} failed", wav.display());
     }
 
+    /// The index of the sink input (playback stream) of process `pid`.
+    fn sink_input_of(&self, pid: u32) -> Option<String> {
+        let list = Command::new("pactl")
+            .args(["list", "sink-inputs"])
+            .envs(self.env())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&list.stdout).into_owned();
+        text.split("Sink Input #")
+            .skip(1)
+            .find(|block| block.contains(&format!("application.process.id = \"{pid}\"")))
+            .and_then(|block| block.lines().next())
+            .map(|l| l.trim().to_string())
+    }
+
     /// Stops the daemon (the runtime dir and its files stay until drop).
     fn stop(&mut self) {
         self.daemon.terminate(Duration::from_secs(5));
@@ -356,6 +371,28 @@ impl Colloquy {
             stderr: Vec::new(),
             events,
             stdout,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Waits for an `error` event whose message contains `needle`.
+    fn wait_error(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let hit = |app: &Self| {
+            app.events().iter().any(|e| {
+                e["type"] == "error" && e["message"].as_str().is_some_and(|m| m.contains(needle))
+            })
+        };
+        while !hit(self) {
+            assert!(
+                Instant::now() < deadline,
+                "no error event with {needle:?} within {timeout:?}; events:\n{:#?}",
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -929,5 +966,66 @@ fn a_vanished_device_stops_the_run_cleanly_and_keeps_committed_turns() {
     assert!(
         stdout.contains("1 turn(s) committed"),
         "committed turn lost; stdout:\n{stdout}"
+    );
+}
+
+/// The audio server breaks the bot's output stream mid-reply (its sink input
+/// is killed; PulseAudio's ALSA plugin then fails every later call with an
+/// I/O error, as it did after bursts of xruns on a loaded machine): `run`
+/// reopens the stream on the same device, says so as a device error event,
+/// and the conversation goes on: the next turn is answered and played on the
+/// new stream, and `run` exits 0 with both turns committed.
+#[test]
+fn a_broken_output_stream_is_reopened_and_the_conversation_goes_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !devices_available() {
+        return;
+    }
+    let mut pulse = Pulse::start();
+    let rec = pulse.path("mix.raw");
+    let mut recorder = pulse.record(&rec);
+    let mut app = Colloquy::start(&pulse, &[], &[]);
+    app.wait_line("colloquy: listening", Duration::from_secs(30));
+    pulse.speak(&speech_file());
+    app.wait_event("bot_started_speaking", 1, Duration::from_secs(30));
+    let index = pulse
+        .sink_input_of(app.pid())
+        .expect("colloquy's playback stream in `pactl list sink-inputs`");
+    assert!(
+        pulse.pactl(&["kill-sink-input", &index]),
+        "pactl kill-sink-input {index} failed"
+    );
+    app.wait_error("reopened", Duration::from_secs(15));
+    app.wait_event("committed", 1, Duration::from_secs(30));
+    pulse.speak(&speech_file());
+    app.wait_event("committed", 2, Duration::from_secs(40));
+    let (code, stdout, stderr) = app.stop();
+    recorder.terminate(Duration::from_secs(5));
+    pulse.stop();
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("2 turn(s) committed") && stdout.contains("output reopened 1"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    // The second reply played on the new stream: after the user's second
+    // utterance the speaker channel carries about as much audio as the
+    // utterance (the parrot says it back).
+    let (left, right) = read_stereo(&rec);
+    let (l, r) = (envelope(&left), envelope(&right));
+    let peak = l.iter().copied().fold(0.0f32, f32::max);
+    let threshold = peak * 0.01;
+    let (_, user_end) = active_span(&l, threshold).expect("user speech in the recording");
+    let user_frames = l.iter().filter(|&&e| e > threshold).count() / 2;
+    let played = r[user_end..].iter().filter(|&&e| e > threshold).count();
+    eprintln!(
+        "measured: second utterance about {:.0} ms; bot audio after it on the reopened stream {:.0} ms",
+        frames_ms(user_frames),
+        frames_ms(played)
+    );
+    assert!(
+        played * 10 > user_frames * 6,
+        "the reopened stream played {:.0} ms of a {:.0} ms reply",
+        frames_ms(played),
+        frames_ms(user_frames)
     );
 }

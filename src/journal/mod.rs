@@ -87,6 +87,21 @@ impl JournalError {
     }
 }
 
+/// Page cache of a journal connection, KiB. The journal mostly appends and
+/// reads little back (a resumed session's history, `trace`, `status`): a
+/// small cache costs no write speed and bounds the memory a long-running
+/// server's connection holds (it fills as the file grows, then stays).
+pub const CACHE_KIB: u32 = 1024;
+
+/// Bytes SQLite holds on the heap in this process (every connection's page
+/// cache, prepared statements, schema): `serve` reports it in `/stats` so a
+/// soak can tell SQLite's bounded cache from the sessions' own memory.
+pub fn sqlite_heap_bytes() -> i64 {
+    // SAFETY: sqlite3_memory_used takes no arguments and only reads SQLite's
+    // global allocation counter (thread-safe in the bundled build).
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
+}
+
 /// SQLite's `synchronous` setting for the journal (invariant 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Synchronous {
@@ -281,7 +296,7 @@ impl Journal {
             Synchronous::Normal => "NORMAL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+            "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA cache_size=-{CACHE_KIB};"
         ))
         .map_err(|e| classify_open(path, e))?;
         migrate(&conn).map_err(|e| classify_open(path, e))?;
@@ -652,6 +667,18 @@ mod tests {
             },
             model: Some("embedded/smollm2".into()),
         }
+    }
+
+    #[test]
+    fn the_page_cache_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(&dir.path().join("j.sqlite")).expect("open");
+        let kib: i64 = j
+            .conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .expect("pragma");
+        assert_eq!(kib, -(CACHE_KIB as i64));
+        assert!(sqlite_heap_bytes() > 0);
     }
 
     #[test]

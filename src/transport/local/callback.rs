@@ -233,6 +233,12 @@ impl OutputCallback {
         self.next_play_ns = Some(base + frames * 1_000_000_000 / self.rate);
     }
 
+    /// Forgets the playback clock: the next buffer starts a new timeline
+    /// (a reopened stream has a clock of its own; streams.rs invariant 2).
+    pub fn restart_clock(&mut self) {
+        self.next_play_ns = None;
+    }
+
     /// Also pushes everything played into `reference` (invariant 5).
     pub fn with_reference(mut self, reference: Option<ReferenceProducer>) -> Self {
         self.reference = reference;

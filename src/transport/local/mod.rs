@@ -25,6 +25,10 @@
 //!    closed first (on a helper thread, bounded wait: a dead device can hang
 //!    the close), then `Session::shutdown`, which commits what was heard, so
 //!    committed turns are kept in the report either way.
+//! 2b. An output stream that reports an error and stops calling back (or
+//!    goes silent for `STALL`) is first reopened on the same device with
+//!    the same rings (streams.rs), up to `MAX_REOPENS` times a run; only a
+//!    reopen that fails ends the run as a device loss.
 //! 3. Counters (overruns, underruns, xruns) never stop the run; they are
 //!    reported as `Event::Error` with source `device` at most once a second,
 //!    and only when they changed.
@@ -33,6 +37,7 @@
 
 pub mod callback;
 pub mod status;
+pub mod streams;
 
 use crate::agent::{Agent, CostMode};
 use crate::audio::{input_ring, output_ring};
@@ -42,7 +47,7 @@ use crate::session::{Pacing, Session, SessionConfig, SessionError};
 use crate::transport::event_log::EventLog;
 use crate::turn::CommittedRound;
 use callback::{CallbackShared, InputCallback, OutputCallback};
-use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::traits::{DeviceTrait, HostTrait};
 use cpal::{SampleFormat, StreamConfig};
 use status::{StatusLine, StatusModel};
 use std::path::PathBuf;
@@ -172,6 +177,8 @@ pub struct DeviceCounters {
     pub flushed: u64,
     /// Non-fatal errors the device reported (the stream went on).
     pub device_errors: u64,
+    /// Times the output stream broke and was reopened (streams.rs).
+    pub reopens: u64,
 }
 
 /// What a run produced.
@@ -306,86 +313,14 @@ fn find_device(
     }
 }
 
-type ErrorTx = crossbeam_channel::Sender<(Direction, cpal::Error)>;
-
-fn error_callback(dir: Direction, tx: ErrorTx) -> impl FnMut(cpal::Error) + Send + 'static {
-    // Holds invariant 1: never blocks; a full channel drops the error (the
-    // first ones already tell the story).
-    move |e| {
-        let _ = tx.try_send((dir, e));
-    }
-}
-
-macro_rules! build_input {
-    ($device:expr, $config:expr, $cb:expr, $err:expr, $($fmt:ident => $t:ty),*) => {
-        match $config.sample_format() {
-            SampleFormat::F32 => {
-                let mut cb = $cb;
-                $device.build_input_stream::<f32, _, _>(
-                    $config.config(),
-                    move |data: &[f32], info: &cpal::InputCallbackInfo| {
-                        let t = info.timestamp();
-                        cb.note_latency(t.callback.duration_since(t.capture));
-                        cb.process_f32(data)
-                    },
-                    $err,
-                    None,
-                )
-            }
-            $(SampleFormat::$fmt => {
-                let mut cb = $cb;
-                $device.build_input_stream::<$t, _, _>(
-                    $config.config(),
-                    move |data: &[$t], info: &cpal::InputCallbackInfo| {
-                        let t = info.timestamp();
-                        cb.note_latency(t.callback.duration_since(t.capture));
-                        cb.process(data)
-                    },
-                    $err,
-                    None,
-                )
-            })*
-            other => return Err(LocalError::Format {
-                dir: Direction::Input,
-                device: device_name(&$device),
-                format: other,
-            }),
-        }
-    };
-}
-
-macro_rules! build_output {
-    ($device:expr, $config:expr, $cb:expr, $err:expr, $($fmt:ident => $t:ty),*) => {
-        match $config.sample_format() {
-            $(SampleFormat::$fmt => {
-                let mut cb = $cb;
-                $device.build_output_stream::<$t, _, _>(
-                    $config.config(),
-                    move |data: &mut [$t], info: &cpal::OutputCallbackInfo| {
-                        let t = info.timestamp();
-                        cb.note_latency(t.playback.duration_since(t.callback));
-                        cb.note_playback(t.playback.as_nanos() as u64, data.len());
-                        cb.process(data)
-                    },
-                    $err,
-                    None,
-                )
-            })*
-            other => return Err(LocalError::Format {
-                dir: Direction::Output,
-                device: device_name(&$device),
-                format: other,
-            }),
-        }
-    };
-}
-
 /// How often counters are checked and reported (invariant 3).
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// A stream without a callback for this long is dead (watchdog).
 const STALL: Duration = Duration::from_secs(3);
-/// Longest wait for the streams to close at the end.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// An output stream silent this long after an error is reopened.
+const REOPEN_AFTER: Duration = Duration::from_millis(250);
+/// Reopens allowed in one run; after that a broken output ends the run.
+const MAX_REOPENS: u64 = 10;
 /// Extra time allowed for the first output callback.
 const STARTUP: Duration = Duration::from_secs(5);
 
@@ -470,35 +405,11 @@ pub fn run(
         .with_reference(reference)
         .with_rate(out_rate);
 
-    let in_stream = build_input!(
-        in_dev, in_cfg, in_cb, error_callback(Direction::Input, err_tx.clone()),
-        I16 => i16, I32 => i32, U16 => u16, U8 => u8, I8 => i8, F64 => f64
-    )
-    .map_err(|cause| LocalError::Open {
-        dir: Direction::Input,
-        device: in_name.clone(),
-        cause,
-    })?;
-    let out_stream = build_output!(
-        out_dev, out_cfg, out_cb, error_callback(Direction::Output, err_tx.clone()),
-        F32 => f32, I16 => i16, I32 => i32, U16 => u16, U8 => u8, I8 => i8, F64 => f64
-    )
-    .map_err(|cause| LocalError::Open {
-        dir: Direction::Output,
-        device: out_name.clone(),
-        cause,
-    })?;
-    drop(err_tx);
-    out_stream.play().map_err(|cause| LocalError::Open {
-        dir: Direction::Output,
-        device: out_name.clone(),
-        cause,
-    })?;
-    in_stream.play().map_err(|cause| LocalError::Open {
-        dir: Direction::Input,
-        device: in_name.clone(),
-        cause,
-    })?;
+    // Output first: playback is running when the first microphone frame
+    // arrives (as before the output stream could be reopened).
+    let mut out_stream =
+        streams::OutputStream::open(out_dev, out_cfg.clone(), out_cb, err_tx.clone())?;
+    let in_stream = streams::open_input(&in_dev, &in_cfg, in_cb, err_tx)?;
 
     let mut events_file = match &opts.events {
         Some(path) => Some(EventLog::create(path).map_err(|cause| LocalError::Events {
@@ -521,6 +432,10 @@ pub fn run(
     // The first output callback can take a while (server start-up): give the
     // watchdog the start-up allowance on top of STALL.
     let mut out_seen = Instant::now() + STARTUP;
+    // The first non-fatal output error since the last output callback.
+    let mut out_broken: Option<(Instant, String)> = None;
+    // That error was fatal: reopen without waiting.
+    let mut out_fatal = false;
     let mut in_seen = Instant::now();
 
     say(
@@ -558,10 +473,19 @@ pub fn run(
                 // watchdog below.
                 kind if !is_fatal(kind) => {
                     counters.device_errors += 1;
+                    if dir == Direction::Output && out_broken.is_none() {
+                        out_broken = Some((Instant::now(), e.to_string()));
+                    }
                     // Logged once; later ones are counted (invariant 3).
                     if counters.device_errors == 1 {
                         tracing::warn!(device = %dir, "audio device error (continuing): {e}");
                     }
+                }
+                // A fatal error on the output: reopened at once if it can
+                // be (PulseAudio killed the stream, not the device).
+                _ if dir == Direction::Output && out_stream.reopens < MAX_REOPENS => {
+                    out_fatal = true;
+                    out_broken.get_or_insert_with(|| (Instant::now(), e.to_string()));
                 }
                 _ => {
                     let name = if dir == Direction::Input {
@@ -584,10 +508,48 @@ pub fn run(
         if outs != last_outs {
             last_outs = outs;
             out_seen = Instant::now();
+            // Callbacks after the error: the stream went on.
+            out_broken = None;
         }
         if ins != last_ins {
             last_ins = ins;
             in_seen = Instant::now();
+        }
+        // An output stream that reported an error and stopped calling back
+        // is reopened on the same device (streams.rs), a few times per run.
+        let broken_for = out_broken.as_ref().map(|(at, _)| at.elapsed());
+        if lost.is_none()
+            && (out_fatal || broken_for > Some(REOPEN_AFTER) || out_seen.elapsed() > STALL)
+            && out_stream.reopens < MAX_REOPENS
+        {
+            out_fatal = false;
+            let why = out_broken.take().map_or_else(
+                || format!("no callback for {} s", STALL.as_secs()),
+                |(_, e)| e,
+            );
+            match out_stream.reopen() {
+                Ok(()) => {
+                    let message = format!(
+                        "output stream of {out_name:?} broke ({why}) and was reopened ({} so far)",
+                        out_stream.reopens
+                    );
+                    tracing::warn!("{message}");
+                    all_events.push(TimedEvent {
+                        t_ms: session.now_ms(),
+                        event: Event::Error {
+                            source: "device".to_string(),
+                            message,
+                        },
+                    });
+                    counters.reopens = out_stream.reopens;
+                    out_seen = Instant::now() + STARTUP;
+                }
+                Err(e) => {
+                    lost = Some(format!(
+                        "output device {out_name:?} broke ({why}) and could not be reopened: {e}; was it unplugged, or did the audio server stop?"
+                    ));
+                }
+            }
         }
         if lost.is_none() {
             if out_seen.elapsed() > STALL {
@@ -714,19 +676,11 @@ pub fn run(
     // Invariant 2: no callback runs after the streams are dropped. A dead
     // device can hang the backend's worker (dropping a stream joins it), so
     // the streams are dropped on a helper thread, waited for a bounded time.
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
-    let dropper = std::thread::Builder::new()
-        .name("close-audio".into())
-        .spawn(move || {
-            drop(in_stream);
-            drop(out_stream);
-            let _ = done_tx.send(());
-        });
-    if dropper.is_ok() && done_rx.recv_timeout(CLOSE_WAIT).is_err() {
-        tracing::warn!(
-            "the audio devices did not close within {} s; leaving them behind",
-            CLOSE_WAIT.as_secs()
-        );
+    let streams: Vec<cpal::Stream> = std::iter::once(in_stream)
+        .chain(out_stream.into_stream())
+        .collect();
+    if let Err(e) = streams::close_bounded(streams) {
+        tracing::warn!("the audio devices {e}");
     }
     session.shutdown();
     let rounds = session.drain_committed();

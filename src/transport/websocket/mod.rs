@@ -584,7 +584,16 @@ async fn stats_handler(
             "missing or wrong token",
         );
     }
-    let body = serde_json::to_string(&*shared.stats).unwrap_or_else(|_| "{}".into());
+    let mut body = serde_json::to_value(&*shared.stats).unwrap_or_default();
+    if let Some(map) = body.as_object_mut() {
+        // SQLite's own heap (page cache, statements), bounded by the journal's
+        // `cache_size`: soaks tell it apart from the sessions' memory.
+        map.insert(
+            "sqlite_heap_bytes".into(),
+            crate::journal::sqlite_heap_bytes().into(),
+        );
+    }
+    let body = body.to_string();
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
