@@ -46,8 +46,7 @@ fn replay_hosted(
     // and take the next utterance's line; speculation has its own tests).
     let mut config = SessionConfig::default();
     config.turn.pause_ms = 10_000;
-    replay(&ropts, stack.agent(runtime.handle().clone()), config)
-    .expect("replay")
+    replay(&ropts, stack.agent(runtime.handle().clone()), config).expect("replay")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
