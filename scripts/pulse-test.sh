@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-for tool in pulseaudio pactl paplay parec; do
+for tool in pulseaudio pactl pacmd paplay parec; do
     command -v "$tool" >/dev/null || {
         echo "error: $tool not found; install pulseaudio and pulseaudio-utils" >&2
         exit 2

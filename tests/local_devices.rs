@@ -58,7 +58,7 @@ fn devices_available() -> bool {
         eprintln!("skipped: COLLOQUY_PULSE_TEST=0");
         return false;
     }
-    let missing: Vec<&str> = ["pulseaudio", "pactl", "paplay", "parec"]
+    let missing: Vec<&str> = ["pulseaudio", "pactl", "pacmd", "paplay", "parec"]
         .into_iter()
         .filter(|t| !have(t))
         .chain((!alsa_pulse_plugin()).then_some("libasound2-plugins (ALSA pulse plugin)"))
@@ -387,10 +387,14 @@ impl Colloquy {
             })
         };
         while !hit(self) {
+            while let Ok(line) = self.lines.try_recv() {
+                self.stderr.push(line);
+            }
             assert!(
                 Instant::now() < deadline,
-                "no error event with {needle:?} within {timeout:?}; events:\n{:#?}",
-                self.events()
+                "no error event with {needle:?} within {timeout:?}; stderr:\n{}\nevents: {}",
+                self.stderr.join("\n"),
+                self.timeline()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -991,10 +995,14 @@ fn a_broken_output_stream_is_reopened_and_the_conversation_goes_on() {
     let index = pulse
         .sink_input_of(app.pid())
         .expect("colloquy's playback stream in `pactl list sink-inputs`");
-    assert!(
-        pulse.pactl(&["kill-sink-input", &index]),
-        "pactl kill-sink-input {index} failed"
-    );
+    // pactl has no kill-sink-input; pacmd has, over the CLI protocol.
+    assert!(pulse.pactl(&["load-module", "module-cli-protocol-unix"]));
+    let killed = Command::new("pacmd")
+        .args(["kill-sink-input", &index])
+        .envs(pulse.env())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(killed, "pacmd kill-sink-input {index} failed");
     app.wait_error("reopened", Duration::from_secs(15));
     app.wait_event("committed", 1, Duration::from_secs(30));
     pulse.speak(&speech_file());

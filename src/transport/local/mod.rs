@@ -25,7 +25,7 @@
 //!    closed first (on a helper thread, bounded wait: a dead device can hang
 //!    the close), then `Session::shutdown`, which commits what was heard, so
 //!    committed turns are kept in the report either way.
-//! 2b. An output stream that reports an error and stops calling back (or
+//!    An output stream that reports an error and stops calling back (or
 //!    goes silent for `STALL`) is first reopened on the same device with
 //!    the same rings (streams.rs), up to `MAX_REOPENS` times a run; only a
 //!    reopen that fails ends the run as a device loss.
@@ -407,8 +407,7 @@ pub fn run(
 
     // Output first: playback is running when the first microphone frame
     // arrives (as before the output stream could be reopened).
-    let mut out_stream =
-        streams::OutputStream::open(out_dev, out_cfg.clone(), out_cb, err_tx.clone())?;
+    let mut out_stream = streams::OutputStream::open(out_dev, out_cfg, out_cb, err_tx.clone())?;
     let in_stream = streams::open_input(&in_dev, &in_cfg, in_cb, err_tx)?;
 
     let mut events_file = match &opts.events {
@@ -436,6 +435,8 @@ pub fn run(
     let mut out_broken: Option<(Instant, String)> = None;
     // That error was fatal: reopen without waiting.
     let mut out_fatal = false;
+    // A reopen to log as a device event this pass.
+    let mut reopened: Option<String> = None;
     let mut in_seen = Instant::now();
 
     say(
@@ -534,13 +535,8 @@ pub fn run(
                         out_stream.reopens
                     );
                     tracing::warn!("{message}");
-                    all_events.push(TimedEvent {
-                        t_ms: session.now_ms(),
-                        event: Event::Error {
-                            source: "device".to_string(),
-                            message,
-                        },
-                    });
+                    // Logged with this pass's events (below).
+                    reopened = Some(message);
                     counters.reopens = out_stream.reopens;
                     out_seen = Instant::now() + STARTUP;
                 }
@@ -598,6 +594,15 @@ pub fn run(
         committed.extend(rounds);
         let first = all_events.len();
         all_events.extend(session.drain_events());
+        if let Some(message) = reopened.take() {
+            all_events.push(TimedEvent {
+                t_ms: session.now_ms(),
+                event: Event::Error {
+                    source: "device".to_string(),
+                    message,
+                },
+            });
+        }
 
         if last_report.elapsed() >= REPORT_EVERY {
             last_report = Instant::now();
