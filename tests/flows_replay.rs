@@ -157,7 +157,12 @@ fn run_resuming(
     opts.pace = Pace::Instant;
     opts.journal = Some(journal.clone());
     opts.resume = resume.and_then(|r| r.report.session_id.clone());
-    let report = replay(&opts, agent, SessionConfig::default()).expect("replay");
+    // The scripted STT answers one line per request in order: no speculative
+    // turns at the callers' short pauses (each would ask for a transcript
+    // and take the next utterance's line; speculation has its own tests).
+    let mut config = SessionConfig::default();
+    config.turn.pause_ms = 10_000;
+    let report = replay(&opts, agent, config).expect("replay");
     drop(runtime);
     Run {
         report,
