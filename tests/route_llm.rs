@@ -92,6 +92,12 @@ struct Turn {
 }
 
 async fn turn(router: &Arc<Router>) -> Turn {
+    turn_with(router, false).await
+}
+
+/// A turn; `as_the_agent`: the reply is then cancelled `reply_ended`, as the
+/// voice agent does when it stops reading (which also ends shadowed legs).
+async fn turn_with(router: &Arc<Router>, as_the_agent: bool) -> Turn {
     let cancel = CancelSignal::new(CancellationToken::new(), CancelReason::Shutdown);
     let request = ChatRequest::new(vec![ChatMessage::user("hi")]);
     let start = Instant::now();
@@ -103,6 +109,9 @@ async fn turn(router: &Arc<Router>) -> Turn {
             first_text.get_or_insert(start.elapsed());
         }
         items.push(i);
+    }
+    if as_the_agent {
+        reply.cancel(CancelReason::ReplyEnded);
     }
     let model = items.iter().find_map(|i| match i {
         TurnItem::Done { model } => Some(model.clone()),
@@ -180,6 +189,47 @@ async fn a_slow_hosted_model_loses_to_the_local_one_within_the_first_turns() {
         "measured, not censored"
     );
     assert_eq!(summary.served, 0);
+}
+
+/// Replies end before a shadow's cap in a real call (a short answer, then
+/// the next question): a hosted model that never answers must still lose
+/// its place. Each wait it lost is recorded as a lower bound (censored), and
+/// a lower bound never makes it look fast: by the third turn the local model
+/// leads and answers without waiting for a hedge deadline. (Before the fix,
+/// a shadow ended by the reply recorded nothing, the hosted model stayed
+/// "untried" and first, and every turn waited 1.5 s for the hedge.)
+#[tokio::test(start_paused = true)]
+async fn a_mute_hosted_model_loses_its_place_though_each_reply_ends_first() {
+    let mute = Arc::new(ScriptedModel::new(
+        "h",
+        "mute",
+        Script::tokens(["never"], 60_000, 10),
+    ));
+    let local = local(300);
+    let (r, _spans) = router(&[&mute, &local]);
+    let mut firsts = Vec::new();
+    for _ in 0..6 {
+        // No settle: the next turn starts as soon as the reply ended.
+        let t = turn_with(&r, true).await;
+        assert_eq!(t.text, "Local answer.", "every turn is answered");
+        firsts.push(t.first_text.expect("text"));
+    }
+    println!("first text by turn: {firsts:?}");
+    assert!(
+        firsts[2..].iter().all(|&f| f == ms(300)),
+        "from turn 3 the local model answers first, no hedge wait: {firsts:?}"
+    );
+    assert!(
+        firsts[1] < ms(1_500),
+        "turn 2 hedged at the measured wait (x1.2), not the 1.5 s cap: {firsts:?}"
+    );
+    assert_eq!(mute.calls(), 2, "asked in turns 1 and 2 only");
+    let summary = r.runner().telemetry.summary("h/mute");
+    assert!(
+        summary.expected_ttft_ms >= Some(300),
+        "its latency is at least its longest wait: {summary:?}"
+    );
+    assert_eq!(r.plan().order[0], 1, "the local model leads");
 }
 
 #[tokio::test(start_paused = true)]

@@ -373,7 +373,12 @@ impl LegRunner {
                     );
                     self.telemetry.record_failure(&m.key, &e);
                 }
-                if reason == CancelReason::HedgeLost {
+                // A loser's latency, censored when it had no first result:
+                // cancelled as the loser, or (a shadow) when the reply it
+                // lost ended first.
+                let lost = reason == CancelReason::HedgeLost
+                    || (reason == CancelReason::ReplyEnded && !span.has_token());
+                if lost {
                     match span.ttft() {
                         Some(ttft) => self.telemetry.record_lost(&m.key, ttft, false),
                         None => self.telemetry.record_lost(&m.key, start.elapsed(), true),

@@ -21,7 +21,8 @@
 //!    doubled per consecutive failure up to `max_cooldown_ms`. A success
 //!    ends the failure streak.
 //! 6. A hedge loser's sample never counts as served; when it was cancelled
-//!    before its first result its latency is *censored* (a lower bound).
+//!    before its first result its latency is *censored* (a lower bound), and
+//!    summaries read it as one: it never lowers a model's latency.
 //! 7. Merging a snapshot keeps the newest samples of both sides (bounded as
 //!    in invariant 1), never shortens a cooldown, and keeps a sample present
 //!    on both sides once; merging the same snapshot twice changes nothing.
@@ -194,6 +195,30 @@ pub enum StoreError {
     },
 }
 
+/// First-result latencies of `samples`, sorted, with censored ones read as
+/// the lower bounds they are (invariant 6): a censored sample counts when it
+/// is at least the median of the uncensored ones (it only says "slower than
+/// this"); with no uncensored sample, the longest censored wait stands for
+/// the model. So a loser cancelled early never makes its model look fast.
+fn latencies(samples: &[&Sample]) -> Vec<u64> {
+    let mut seen: Vec<u64> = samples
+        .iter()
+        .filter(|s| !s.censored)
+        .filter_map(|s| s.ttft_ms)
+        .collect();
+    seen.sort_unstable();
+    let censored = samples
+        .iter()
+        .filter(|s| s.censored)
+        .filter_map(|s| s.ttft_ms);
+    match percentile(&seen, 0.5) {
+        Some(median) => seen.extend(censored.filter(|&c| c >= median)),
+        None => seen.extend(censored.max()),
+    }
+    seen.sort_unstable();
+    seen
+}
+
 fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
@@ -351,17 +376,16 @@ impl TelemetryStore {
         Self::prune(&self.window, &mut rec, now_ms);
         let n = rec.samples.len();
         let ok = rec.samples.iter().filter(|s| s.ok).count();
-        let mut ttfts: Vec<u64> = rec.samples.iter().filter_map(|s| s.ttft_ms).collect();
-        let recent: Vec<u64> = {
-            let mut r: Vec<u64> = ttfts
-                .iter()
-                .rev()
-                .take(self.window.recent_for_expected.max(1))
-                .copied()
-                .collect();
-            r.sort_unstable();
-            r
-        };
+        let all: Vec<&Sample> = rec.samples.iter().collect();
+        let mut ttfts = latencies(&all);
+        let recent: Vec<&Sample> = all
+            .iter()
+            .rev()
+            .filter(|s| s.ttft_ms.is_some())
+            .take(self.window.recent_for_expected.max(1))
+            .copied()
+            .collect();
+        let recent = latencies(&recent);
         ttfts.sort_unstable();
         let mut totals: Vec<u64> = rec
             .samples

@@ -108,3 +108,33 @@ fn snapshots_merge_both_sides_once_and_keep_the_longer_cooldown() {
     assert_eq!(a.summary("embedded/smol", 2_000).served, 1);
     assert!(a.merge_snapshot("{not json", 2_000).is_err());
 }
+
+#[test]
+fn a_censored_wait_is_a_lower_bound_never_a_latency() {
+    let ms = Duration::from_millis;
+    let mut s = TelemetryStore::new(WindowConfig {
+        max_samples: 100,
+        recent_for_expected: 5,
+        ..window()
+    });
+    // A hosted loser cancelled 105 ms in (the local model won): it says
+    // only "slower than 105 ms". Then two waits of 1.6 s with no token.
+    s.record_lost("h", ms(105), true, 0);
+    assert_eq!(s.summary("h", 0).expected_ttft_ms, Some(105));
+    s.record_lost("h", ms(1_600), true, 0);
+    s.record_lost("h", ms(1_500), true, 0);
+    let h = s.summary("h", 0);
+    assert_eq!(h.expected_ttft_ms, Some(1_600), "the longest wait stands");
+    assert_eq!(h.ttft_p90_ms, Some(1_600));
+    // With answers known, a short censored wait is ignored and a long one
+    // counts as (at least) its length.
+    for t in [200, 300, 400] {
+        s.record_success("m", Some(ms(t)), None, 0);
+    }
+    s.record_lost("m", ms(50), true, 0);
+    assert_eq!(s.summary("m", 0).expected_ttft_ms, Some(300));
+    s.record_lost("m", ms(5_000), true, 0);
+    s.record_lost("m", ms(6_000), true, 0);
+    assert_eq!(s.summary("m", 0).expected_ttft_ms, Some(400));
+    assert_eq!(s.summary("m", 0).ttft_p95_ms, Some(6_000));
+}
