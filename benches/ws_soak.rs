@@ -422,53 +422,40 @@ fn soak(audio: &Arc<Vec<i16>>, short: bool) {
         slope(&by_turn),
         cpu
     );
-    let late: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.minutes * 3.0 >= (secs / 60) as f64)
-        .map(|s| (s.minutes, s.rss_kib as f64))
-        .collect();
-    let late_turns: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.minutes * 3.0 >= (secs / 60) as f64)
-        .map(|s| (s.turns as f64, s.rss_kib as f64))
-        .collect();
+    // Points of the last two thirds of the run, and one value a minute.
+    let late = |point: fn(&Sample) -> (f64, f64)| -> Vec<(f64, f64)> {
+        samples
+            .iter()
+            .filter(|s| s.minutes * 3.0 >= (secs / 60) as f64)
+            .map(point)
+            .collect()
+    };
+    let by_minute = |value: fn(&Sample) -> u64| -> Vec<u64> {
+        samples
+            .iter()
+            .filter(|s| (s.minutes * 6.0).round() as u64 % 6 == 0)
+            .map(value)
+            .collect()
+    };
     println!(
         "over the last two thirds of the run: RSS slope {:.1} KiB/min, {:.3} KiB per committed turn",
-        slope(&late),
-        slope(&late_turns)
+        slope(&late(|s| (s.minutes, s.rss_kib as f64))),
+        slope(&late(|s| (s.turns as f64, s.rss_kib as f64)))
     );
     // The heap apart from SQLite's own (page cache and statements, bounded
     // by the journal's cache_size): the sessions' and the server's memory.
-    let late_rest: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.minutes * 3.0 >= (secs / 60) as f64)
-        .map(|s| (s.turns as f64, s.anon_kib as f64 - s.sqlite_kib as f64))
-        .collect();
     println!(
         "over the last two thirds: heap without SQLite's {:.3} KiB per committed turn; \
          SQLite's heap (KiB) by minute: {:?}",
-        slope(&late_rest),
-        samples
-            .iter()
-            .filter(|s| (s.minutes * 6.0).round() as u64 % 6 == 0)
-            .map(|s| s.sqlite_kib)
-            .collect::<Vec<_>>()
+        slope(&late(|s| {
+            (s.turns as f64, s.anon_kib as f64 - s.sqlite_kib as f64)
+        })),
+        by_minute(|s| s.sqlite_kib)
     );
-    println!(
-        "server RSS by minute: {:?}",
-        samples
-            .iter()
-            .filter(|s| (s.minutes * 6.0).round() as u64 % 6 == 0)
-            .map(|s| s.rss_kib)
-            .collect::<Vec<_>>()
-    );
+    println!("server RSS by minute: {:?}", by_minute(|s| s.rss_kib));
     println!(
         "server anonymous RSS (heap) by minute: {:?}",
-        samples
-            .iter()
-            .filter(|s| (s.minutes * 6.0).round() as u64 % 6 == 0)
-            .map(|s| s.anon_kib)
-            .collect::<Vec<_>>()
+        by_minute(|s| s.anon_kib)
     );
     for (g, (rss, turns)) in ends.iter().enumerate() {
         println!(
