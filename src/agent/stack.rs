@@ -91,9 +91,9 @@ pub enum StoreLocation {
 pub enum SttWindow {
     /// The full 30 s window: best accuracy, cost independent of length.
     Full,
-    /// The utterance + 3 s (at least 10 s), with a loop check that falls back
-    /// to the full window: ≈ 2.7× less compute, ≈ 2 WER points more. The
-    /// default: it is what brings voice-to-voice latency under 1.5 s.
+    /// The utterance + 1 s (at least 10 s), with a loop ladder that widens
+    /// the window ([`crate::stt::whisper::AudioCtx::FIT_DEFAULT`]): less
+    /// compute for utterances under ~9 s, ≈ 2 WER points more. The default.
     #[default]
     Fit,
 }

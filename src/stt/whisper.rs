@@ -49,13 +49,15 @@ pub enum AudioCtx {
 }
 
 impl AudioCtx {
-    /// The pipeline's window: the utterance plus 1 s, at least 250 encoder
-    /// frames (5 s), with the worker's ladder behind it
-    /// (crates/whisper-worker/src/window.rs). Measured on the 10 real
-    /// recordings, 2 threads, quiet: see README "Voice-to-voice latency".
+    /// The pipeline's window: the utterance plus 1 s, at least 500 encoder
+    /// frames (10 s), with the worker's ladder behind it
+    /// (crates/whisper-worker/src/window.rs). A 250-frame (5 s) minimum was
+    /// as good on the 10 real recordings but misheard the synthetic
+    /// caller's "book a table" as "work at a roll" (the browser flow test
+    /// failed on it). See README "Voice-to-voice latency".
     pub const FIT_DEFAULT: AudioCtx = AudioCtx::Fit {
         margin_ms: 1000,
-        min_frames: 250,
+        min_frames: 500,
     };
 }
 
