@@ -1037,3 +1037,79 @@ fn a_broken_output_stream_is_reopened_and_the_conversation_goes_on() {
         frames_ms(user_frames)
     );
 }
+
+/// `colloquy run` writes the routing telemetry store when it stops (SIGTERM),
+/// as `serve` does (`tests/route_status_cli.rs`), and `colloquy status`
+/// lists every configured candidate (issue 13). Hosted candidates only, on
+/// an unused loopback port: nobody speaks, so no model is loaded or asked.
+#[test]
+fn run_saves_the_telemetry_store_when_it_stops() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !devices_available() {
+        return;
+    }
+    let pulse = Pulse::start();
+    const BASE: &str = "http://127.0.0.1:9/v1";
+    let keys = [
+        "stt:127.0.0.1:9/whisper-a",
+        "stt:127.0.0.1:9/whisper-b",
+        "127.0.0.1:9/chat-a",
+        "127.0.0.1:9/chat-b",
+        "tts:127.0.0.1:9/tts-a",
+        "tts:127.0.0.1:9/tts-b",
+    ];
+    let state = pulse.path("home");
+    let mut child = common::route::colloquy_cmd(&state)
+        .args(["run", "--no-journal"])
+        .args(["--llm", &format!("{BASE}::chat-a")])
+        .args(["--llm", &format!("{BASE}::chat-b")])
+        .args(["--stt", &format!("{BASE}::whisper-a")])
+        .args(["--stt", &format!("{BASE}::whisper-b")])
+        .args(["--tts", &format!("{BASE}::tts-a")])
+        .args(["--tts", &format!("{BASE}::tts-b")])
+        .envs(pulse.env())
+        .env("COLLOQUY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start colloquy run");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut app = Colloquy {
+        guard: Guard::new("colloquy", child),
+        lines: rx,
+        stderr: Vec::new(),
+        events: pulse.path("none.jsonl"),
+        stdout: pulse.path("none.txt"),
+    };
+    app.wait_line("colloquy: listening", Duration::from_secs(60));
+    let store = state.join("state/colloquy/llm-telemetry.json");
+    assert!(!store.exists(), "nothing saved before the stop");
+    let (code, _, stderr) = app.stop();
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    let saved = std::fs::read_to_string(&store)
+        .unwrap_or_else(|e| panic!("no store at {}: {e}; stderr:\n{stderr}", store.display()));
+    for k in keys {
+        assert!(saved.contains(k), "{k} not in the saved store: {saved}");
+    }
+    let out = common::route::colloquy_cmd(&state)
+        .arg("status")
+        .output()
+        .expect("colloquy status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for k in keys {
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(k))
+            .unwrap_or_else(|| panic!("no row for {k}: {text}"));
+        assert!(row.ends_with("untried"), "{row}");
+    }
+}
