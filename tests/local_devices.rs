@@ -344,14 +344,21 @@ impl Colloquy {
     fn start(pulse: &Pulse, extra_env: &[(&str, &str)], extra_args: &[&str]) -> Self {
         let events = pulse.path("events.jsonl");
         let stdout = pulse.path("stdout.txt");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_colloquy"))
-            .args(["run", "--agent", "parrot", "--events"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_colloquy"));
+        cmd.args(["run", "--agent", "parrot", "--events"])
             .arg(&events)
             .args(extra_args)
             .envs(pulse.env())
             .envs(extra_env.iter().copied())
+            .stdin(Stdio::null());
+        Self::spawn(cmd, events, stdout)
+    }
+
+    /// Spawns `cmd` (a `colloquy run`) with its stdout in the file `stdout`
+    /// and its stderr lines on a channel; `events`: its event log, if any.
+    fn spawn(mut cmd: Command, events: PathBuf, stdout: PathBuf) -> Self {
+        let mut child = cmd
             .env("COLLOQUY_LOG", "warn")
-            .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(Stdio::piped())
             .spawn()
@@ -1049,67 +1056,14 @@ fn run_saves_the_telemetry_store_when_it_stops() {
         return;
     }
     let pulse = Pulse::start();
-    const BASE: &str = "http://127.0.0.1:9/v1";
-    let keys = [
-        "stt:127.0.0.1:9/whisper-a",
-        "stt:127.0.0.1:9/whisper-b",
-        "127.0.0.1:9/chat-a",
-        "127.0.0.1:9/chat-b",
-        "tts:127.0.0.1:9/tts-a",
-        "tts:127.0.0.1:9/tts-b",
-    ];
     let state = pulse.path("home");
-    let mut child = common::route::colloquy_cmd(&state)
-        .args(["run", "--no-journal"])
-        .args(["--llm", &format!("{BASE}::chat-a")])
-        .args(["--llm", &format!("{BASE}::chat-b")])
-        .args(["--stt", &format!("{BASE}::whisper-a")])
-        .args(["--stt", &format!("{BASE}::whisper-b")])
-        .args(["--tts", &format!("{BASE}::tts-a")])
-        .args(["--tts", &format!("{BASE}::tts-b")])
-        .envs(pulse.env())
-        .env("COLLOQUY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start colloquy run");
-    let err = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut app = Colloquy {
-        guard: Guard::new("colloquy", child),
-        lines: rx,
-        stderr: Vec::new(),
-        events: pulse.path("none.jsonl"),
-        stdout: pulse.path("none.txt"),
-    };
+    let mut cmd = common::route::colloquy_cmd(&state);
+    common::route::with_unused_candidates(cmd.args(["run", "--no-journal"])).envs(pulse.env());
+    let mut app = Colloquy::spawn(cmd, pulse.path("none.jsonl"), pulse.path("stdout.txt"));
     app.wait_line("colloquy: listening", Duration::from_secs(60));
-    let store = state.join("state/colloquy/llm-telemetry.json");
+    let store = common::route::store_path(&state);
     assert!(!store.exists(), "nothing saved before the stop");
     let (code, _, stderr) = app.stop();
     assert_eq!(code, Some(0), "stderr:\n{stderr}");
-    let saved = std::fs::read_to_string(&store)
-        .unwrap_or_else(|e| panic!("no store at {}: {e}; stderr:\n{stderr}", store.display()));
-    for k in keys {
-        assert!(saved.contains(k), "{k} not in the saved store: {saved}");
-    }
-    let out = common::route::colloquy_cmd(&state)
-        .arg("status")
-        .output()
-        .expect("colloquy status");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    for k in keys {
-        let row = text
-            .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some(k))
-            .unwrap_or_else(|| panic!("no row for {k}: {text}"));
-        assert!(row.ends_with("untried"), "{row}");
-    }
+    common::route::assert_saved_and_untried(&state, &stderr);
 }

@@ -12,42 +12,28 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BASE: &str = "http://127.0.0.1:9/v1";
-
-use common::route::{colloquy_cmd as colloquy, free_port};
+use common::route::{
+    assert_saved_and_untried, colloquy_cmd as colloquy, free_port, store_path,
+    with_unused_candidates,
+};
 
 #[test]
 fn serve_saves_the_store_at_shutdown_and_status_lists_untried_candidates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let keys = [
-        "stt:127.0.0.1:9/whisper-a",
-        "stt:127.0.0.1:9/whisper-b",
-        "127.0.0.1:9/chat-a",
-        "127.0.0.1:9/chat-b",
-        "tts:127.0.0.1:9/tts-a",
-        "tts:127.0.0.1:9/tts-b",
-    ];
     let log = dir.path().join("serve.log");
     let out = std::fs::File::create(&log).expect("log");
-    let mut child = colloquy(dir.path())
-        .args([
-            "serve",
-            "--token",
-            "t",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--llm", &format!("{BASE}::chat-a")])
-        .args(["--llm", &format!("{BASE}::chat-b")])
-        .args(["--stt", &format!("{BASE}::whisper-a")])
-        .args(["--stt", &format!("{BASE}::whisper-b")])
-        .args(["--tts", &format!("{BASE}::tts-a")])
-        .args(["--tts", &format!("{BASE}::tts-b")])
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("start colloquy serve");
+    let mut child = with_unused_candidates(colloquy(dir.path()).args([
+        "serve",
+        "--token",
+        "t",
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+    ]))
+    .stdout(out.try_clone().expect("log"))
+    .stderr(out)
+    .spawn()
+    .expect("start colloquy serve");
     // Readiness (not a timing bound): the port accepts connections.
     let since = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -64,7 +50,7 @@ fn serve_saves_the_store_at_shutdown_and_status_lists_untried_candidates() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let store = dir.path().join("state/colloquy/llm-telemetry.json");
+    let store = store_path(dir.path());
     assert!(!store.exists(), "nothing saved before the shutdown");
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -89,28 +75,5 @@ fn serve_saves_the_store_at_shutdown_and_status_lists_untried_candidates() {
     let served_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "serve exited with {status}: {served_log}");
 
-    let saved = std::fs::read_to_string(&store)
-        .unwrap_or_else(|e| panic!("no store at {}: {e}: {served_log}", store.display()));
-    for k in keys {
-        assert!(saved.contains(k), "{k} not in the saved store: {saved}");
-    }
-
-    let out = colloquy(dir.path())
-        .arg("status")
-        .output()
-        .expect("colloquy status");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    for k in keys {
-        let row = text
-            .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some(k))
-            .unwrap_or_else(|| panic!("no row for {k}: {text}"));
-        assert!(row.ends_with("untried"), "{row}");
-    }
+    assert_saved_and_untried(dir.path(), &served_log);
 }

@@ -179,7 +179,69 @@ pub fn colloquy_cmd(dir: &std::path::Path) -> std::process::Command {
     c
 }
 
-/// The runtime a stack test runs its servers and agent on.
+/// Two hosted candidates per stage on an unused loopback port (never asked
+/// when nobody speaks), and the telemetry keys they are stored under.
+pub const UNUSED_BASE: &str = "http://127.0.0.1:9/v1";
+pub const UNUSED_KEYS: [&str; 6] = [
+    "stt:127.0.0.1:9/whisper-a",
+    "stt:127.0.0.1:9/whisper-b",
+    "127.0.0.1:9/chat-a",
+    "127.0.0.1:9/chat-b",
+    "tts:127.0.0.1:9/tts-a",
+    "tts:127.0.0.1:9/tts-b",
+];
+
+/// Adds the candidates of [`UNUSED_KEYS`] to a `serve` or `run` command.
+pub fn with_unused_candidates(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for (flag, model) in [
+        ("--llm", "chat-a"),
+        ("--llm", "chat-b"),
+        ("--stt", "whisper-a"),
+        ("--stt", "whisper-b"),
+        ("--tts", "tts-a"),
+        ("--tts", "tts-b"),
+    ] {
+        cmd.args([flag, &format!("{UNUSED_BASE}::{model}")]);
+    }
+    cmd
+}
+
+/// The telemetry store a command with state under `dir` saves.
+pub fn store_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("state/colloquy/llm-telemetry.json")
+}
+
+/// The store saved under `dir` lists every key of [`UNUSED_KEYS`], and
+/// `colloquy status` prints each as `untried`. `log`: what the saving
+/// process printed, for failure messages.
+pub fn assert_saved_and_untried(dir: &std::path::Path, log: &str) {
+    let store = store_path(dir);
+    let saved = std::fs::read_to_string(&store)
+        .unwrap_or_else(|e| panic!("no store at {}: {e}: {log}", store.display()));
+    for k in UNUSED_KEYS {
+        assert!(saved.contains(k), "{k} not in the saved store: {saved}");
+    }
+    let out = colloquy_cmd(dir)
+        .arg("status")
+        .output()
+        .expect("colloquy status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    for k in UNUSED_KEYS {
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(k))
+            .unwrap_or_else(|| panic!("no row for {k}: {text}"));
+        assert!(row.ends_with("untried"), "{row}");
+    }
+}
+
+/// The runtime a stack test runs its servers and agent on./// The runtime a stack test runs its servers and agent on.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
