@@ -12,7 +12,6 @@ use colloquy::flows::{Flow, FlowState};
 use colloquy::llm::testkit::{FakeOpenAi, Reply};
 use colloquy::llm::Role;
 use colloquy::models::ModelStore;
-use colloquy::session::SessionConfig;
 use colloquy::transport::file::{replay, Pace, ReplayOptions};
 use std::sync::Arc;
 
@@ -41,11 +40,8 @@ fn replay_hosted(
     common::write_wav16k(&input, &common::caller(clips));
     let mut ropts = ReplayOptions::new(&input);
     ropts.pace = Pace::Fast;
-    // The scripted STT answers one line per request in order: no speculative
-    // turns at the callers' short pauses (each would ask for a transcript
-    // and take the next utterance's line; speculation has its own tests).
-    let mut config = SessionConfig::default();
-    config.turn.pause_ms = 10_000;
+    // The scripted STT answers in order: no speculative turns.
+    let config = common::without_speculation();
     replay(&ropts, stack.agent(runtime.handle().clone()), config).expect("replay")
 }
 

@@ -28,7 +28,6 @@ use colloquy::llm::{
     ChatModel, LegRunner, LegTimeouts, Router, RouterPolicy, SpanSink, Telemetry, TelemetryStore,
     WindowConfig,
 };
-use colloquy::session::SessionConfig;
 use colloquy::stt::{SpeechToText, SttError, Transcript};
 use colloquy::transport::file::{replay, Pace, ReplayOptions, ReplayReport};
 use colloquy::tts::{Speech, TextToSpeech, TtsError};
@@ -157,11 +156,8 @@ fn run_resuming(
     opts.pace = Pace::Instant;
     opts.journal = Some(journal.clone());
     opts.resume = resume.and_then(|r| r.report.session_id.clone());
-    // The scripted STT answers one line per request in order: no speculative
-    // turns at the callers' short pauses (each would ask for a transcript
-    // and take the next utterance's line; speculation has its own tests).
-    let mut config = SessionConfig::default();
-    config.turn.pause_ms = 10_000;
+    // The scripted STT answers in order: no speculative turns.
+    let config = common::without_speculation();
     let report = replay(&opts, agent, config).expect("replay");
     drop(runtime);
     Run {

@@ -175,3 +175,12 @@ pub fn caller_after(lead_ms: usize, clips: &[(&str, usize)]) -> Vec<i16> {
     }
     concat(&pieces).0
 }
+
+/// The session defaults without speculative turns: for tests whose scripted
+/// STT answers one line per request in order (a decode at each short pause
+/// would take the next utterance's line; speculation has its own tests).
+pub fn without_speculation() -> colloquy::session::SessionConfig {
+    let mut config = colloquy::session::SessionConfig::default();
+    config.turn.pause_ms = 10_000;
+    config
+}
