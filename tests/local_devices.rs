@@ -807,13 +807,13 @@ fn first_silence(env: &[f32], threshold: f32, from: usize, min_ms: f64) -> Optio
 ///
 /// Nor does it interrupt itself: no `interrupted` event in the whole reply.
 ///
-/// Known gap of issue 16 (open): on PulseAudio AEC3 loses its alignment
-/// mid-reply and the reply interrupts itself (0 of 4 runs passed this
-/// session, two of them ended by the output stream dying under a load
-/// average of 7–10); the same scenario on the virtual clock
-/// (`tests/echo_room.rs`) passes. Run it with `--ignored`.
+/// It was `#[ignore]`d while AEC3 lost its alignment mid-reply on a machine
+/// loaded by parallel builds (load average 7–10: 20 xruns a minute). Since
+/// the output stream's gap fill and reopen it passed 10 of 10 runs on one
+/// machine, three of them beside 2, 2 and 4 busy processes (0 xruns, ERLE
+/// estimate 50–52 dB);
+/// `docs/devices.md` keeps the history.
 #[test]
-#[ignore = "issue 16 open: AEC3 on PulseAudio still lets a 20 s reply interrupt itself"]
 fn in_a_virtual_room_the_canceller_plays_a_20_s_reply_without_answering_its_echo() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !devices_available() {
@@ -870,7 +870,7 @@ fn in_a_virtual_room_the_canceller_plays_a_20_s_reply_without_answering_its_echo
 }
 
 /// In the virtual room, a second voice 12 dB below the echo at the
-/// microphone starts mid-reply: with the canceller the bot stops within
+/// microphone (checked on the recording) starts mid-reply: with the canceller the bot stops within
 /// 500 ms of the voice's onset (measured on the recording: the voice's own
 /// channel against the speaker's); with `--echo gate` it is not heard at all.
 #[test]
@@ -886,10 +886,10 @@ fn in_a_virtual_room_a_voice_12_db_below_the_echo_stops_the_bot_only_with_the_ca
         let utterance = pulse.path("long.wav");
         common::write_wav16k(&utterance, &long);
         let voice = pulse.path("voice.wav");
-        // 12 dB under the reply, whose echo reaches the microphone at full
-        // level (+ a reflection, which makes the echo 0.7–1.1 dB louder
-        // than the reply): checked on the recording below.
-        common::write_wav16k(&voice, &second_voice(&long, 12.0, 4_000));
+        // 13 dB under the reply, whose echo reaches the microphone at full
+        // level plus a reflection that makes the echo 0.7–1.1 dB louder
+        // than the reply: 12 dB under the echo, checked on the recording.
+        common::write_wav16k(&voice, &second_voice(&long, 13.0, 4_000));
         let rec = pulse.path("room.raw");
         let mut recorder = pulse.record_channels(&rec, "front-left,front-right,front-center");
         let mut app = Colloquy::start(&pulse, &[], &["--echo", mode, "--endpoint-ms", "1200"]);
@@ -929,7 +929,7 @@ fn in_a_virtual_room_a_voice_12_db_below_the_echo_stops_the_bot_only_with_the_ca
             stdout.lines().next().unwrap_or_default()
         );
         assert!(
-            (voice_db - echo_db) < -9.0 && (voice_db - echo_db) > -16.0,
+            (voice_db - echo_db) <= -11.5 && (voice_db - echo_db) > -16.0,
             "the voice is not about 12 dB below the echo: {:.1} dB",
             voice_db - echo_db
         );
