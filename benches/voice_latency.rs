@@ -26,7 +26,8 @@
 //! `VOICE_LATENCY_CONVERSATIONS=N` the first N conversations;
 //! `VOICE_LATENCY_TURN=smart|silence` the end-of-turn mode (default: the
 //! session's default);
-//! `VOICE_LATENCY_PIPER_CHUNKS=1` prints only Piper's cost per chunk length;
+//! `VOICE_LATENCY_PIPER_CHUNKS=1` prints only Piper's cost per chunk length
+//! (`VOICE_LATENCY_PIPER_THREADS=N`: with N intra-op threads, default 1);
 //! `VOICE_LATENCY_KEEP=DIR` writes each conversation's input WAV and its
 //! event log (`VOICE-conversation-N.jsonl`) to DIR, to see where a slow turn
 //! spent its time.
@@ -55,9 +56,18 @@ fn piper_chunk_costs(store: &ModelStore) {
         println!("voice_latency: no Piper voice");
         return;
     };
-    let piper =
-        colloquy::tts::piper::PiperTts::load(&onnx, &onnx.with_extension("onnx.json"), &lib, 1)
-            .expect("piper");
+    let threads = std::env::var("VOICE_LATENCY_PIPER_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    let piper = colloquy::tts::piper::PiperTts::load(
+        &onnx,
+        &onnx.with_extension("onnx.json"),
+        &lib,
+        threads,
+    )
+    .expect("piper");
+    println!("voice_latency: Piper with {threads} intra-op thread(s)");
     let run = ort::session::RunOptions::new().expect("run options");
     let never = tokio_util::sync::CancellationToken::new();
     let words = "the capital of France is Paris and it is a very old and beautiful city";

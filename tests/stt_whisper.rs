@@ -299,6 +299,66 @@ fn a_cancelled_decode_stops_within_one_graph_node_and_the_next_is_not_delayed() 
     }
 }
 
+/// A transcription whose future is dropped before its reply (what a router
+/// does to a losing or dead leg, and a `select!` to its other branches) is
+/// cancelled in the worker like one whose token fired: it is reported
+/// cancelled, never transcribed, and the next request runs alone. Before
+/// `CancelOnDrop`, the speculative turn's decode ran out in full and the
+/// confirmed turn's transcript waited ≈ 180 ms behind it (voice-latency
+/// bench, conversation 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_transcription_is_cancelled_in_the_worker() {
+    let (Some(path), Some(clips)) = (model(), clips()) else {
+        return;
+    };
+    let config = WhisperConfig {
+        audio_ctx: AudioCtx::Full,
+        ..WhisperConfig::default()
+    };
+    let stt = std::sync::Arc::new(WhisperStt::load(&path, config).unwrap());
+    let long = clips
+        .iter()
+        .map(|c| read_wav(&c.path))
+        .max_by_key(Vec::len)
+        .unwrap();
+    let next = read_wav(&clips[1].path);
+    let alone = stt.decode_blocking(&next, AudioCtx::Full).unwrap();
+    let never = CancellationToken::new();
+    for delay_ms in [0u64, 30, 250] {
+        let before = stt.replies();
+        // Dropped at the timeout: the token never fires.
+        let dropped = tokio::time::timeout(
+            std::time::Duration::from_millis(delay_ms),
+            stt.transcribe(&long, &never),
+        )
+        .await;
+        assert!(
+            dropped.is_err(),
+            "a 30 s-window decode finished within {delay_ms} ms"
+        );
+        let confirmed = stt.transcribe(&next, &never).await.unwrap();
+        let after = stt.replies();
+        println!("dropped after {delay_ms:>3} ms: {before:?} -> {after:?}");
+        assert_eq!(confirmed.text, alone.text);
+        assert_eq!(
+            after.transcribed,
+            before.transcribed + 1,
+            "the dropped decode ran to its end in the worker"
+        );
+        assert_eq!(
+            after.cancelled_running + after.cancelled_queued,
+            before.cancelled_running + before.cancelled_queued + 1
+        );
+        if stt.aborts_per_node() {
+            assert!(
+                after.max_checks_after_cancel <= 2,
+                "{} abort checks ran after the cancel",
+                after.max_checks_after_cancel
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn empty_audio_is_an_input_error() {
     let Some(path) = model() else {

@@ -16,6 +16,11 @@
 //!    Killing it instead cost a respawn and a cold first decode (≈ 3×
 //!    slower), and letting the decode run out held the worker for up to a
 //!    second while the confirmed turn's decode waited behind it.
+//!    Dropping the transcription's future before it finished counts as a
+//!    cancel too ([`CancelOnDrop`]): a router or a `select!` that stops
+//!    polling a losing or dead request must not leave it running in the
+//!    worker (it did: a speculative turn's decode ran out in full and the
+//!    confirmed turn's decode waited ≈ 180 ms for the reply pipe).
 //! 3. Cancels never wait for the reply pipe: they go through the request
 //!    pipe's own short lock.
 //! 4. Blocking pipe I/O runs on `spawn_blocking`, never on the runtime's workers.
@@ -136,6 +141,19 @@ struct Inner {
     /// Whether the worker aborts between graph nodes (else only after the
     /// encoder and between decoder steps).
     per_node_abort: AtomicBool,
+    /// What the worker's replies said, for [`WhisperStt::replies`].
+    replies: Mutex<Replies>,
+}
+
+/// Counts of the worker's replies since load (the warm-up included): how
+/// requests ended, and the most graph nodes a cancelled decode ran after
+/// its cancel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replies {
+    pub transcribed: u64,
+    pub cancelled_running: u64,
+    pub cancelled_queued: u64,
+    pub max_checks_after_cancel: u64,
 }
 
 fn model_err(path: &Path, reason: impl Into<String>) -> SttError {
@@ -192,6 +210,7 @@ impl WhisperStt {
                 next_id: AtomicU32::new(1),
                 cancelled: Mutex::new(std::collections::BTreeSet::new()),
                 per_node_abort: AtomicBool::new(false),
+                replies: Mutex::new(Replies::default()),
             }),
         };
         {
@@ -225,6 +244,13 @@ impl WhisperStt {
     /// builds) rather than only after the encoder.
     pub fn aborts_per_node(&self) -> bool {
         self.inner.per_node_abort.load(Ordering::Relaxed)
+    }
+
+    /// How the worker's requests ended so far (invariant 2 made visible:
+    /// a cancelled or dropped transcription shows as cancelled, not
+    /// transcribed).
+    pub fn replies(&self) -> Replies {
+        self.inner.replies.lock().map(|r| *r).unwrap_or_default()
     }
 
     /// A fresh request id for [`WhisperStt::decode_id`] and [`WhisperStt::cancel`].
@@ -403,15 +429,29 @@ impl Inner {
             return Err(backend(err.to_string()));
         }
         let ms = Duration::from_millis(v.get("ms").and_then(|m| m.as_u64()).unwrap_or(0));
+        let mut replies = self.replies.lock().ok();
         if v.get("cancelled").and_then(|c| c.as_bool()) == Some(true) {
+            let running = v.get("at").and_then(|a| a.as_str()) == Some("running");
+            let checks_after_cancel = v
+                .get("checks_after_cancel")
+                .and_then(|c| c.as_u64())
+                .unwrap_or(0);
+            if let Some(r) = replies.as_deref_mut() {
+                if running {
+                    r.cancelled_running += 1;
+                } else {
+                    r.cancelled_queued += 1;
+                }
+                r.max_checks_after_cancel = r.max_checks_after_cancel.max(checks_after_cancel);
+            }
             return Ok(Outcome::Cancelled {
-                running: v.get("at").and_then(|a| a.as_str()) == Some("running"),
-                checks_after_cancel: v
-                    .get("checks_after_cancel")
-                    .and_then(|c| c.as_u64())
-                    .unwrap_or(0),
+                running,
+                checks_after_cancel,
                 elapsed: ms,
             });
+        }
+        if let Some(r) = replies.as_deref_mut() {
+            r.transcribed += 1;
         }
         Ok(Outcome::Text(Decode {
             text: v
@@ -441,6 +481,22 @@ impl Drop for Inner {
     }
 }
 
+/// Sends the worker a cancel for request `id` when dropped armed: the
+/// transcription's future was cancelled, or dropped before its reply
+/// (invariant 2). Disarmed (`inner = None`) once the reply is in.
+struct CancelOnDrop {
+    inner: Option<Arc<Inner>>,
+    id: u32,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.cancel(self.id);
+        }
+    }
+}
+
 #[async_trait]
 impl SpeechToText for WhisperStt {
     fn name(&self) -> &str {
@@ -460,15 +516,23 @@ impl SpeechToText for WhisperStt {
         let audio = audio.to_vec();
         let ctx = self.inner.config.audio_ctx;
         let id = self.next_id();
+        // Holds invariant 2 when this future is dropped before the reply.
+        let mut unanswered = CancelOnDrop {
+            inner: Some(Arc::clone(&self.inner)),
+            id,
+        };
         // Holds invariant 4.
         let mut handle = tokio::task::spawn_blocking(move || inner.request(id, &audio, ctx));
         let outcome = tokio::select! {
-            r = &mut handle => r.map_err(|e| backend(format!("inference thread failed: {e}")))??,
+            r = &mut handle => {
+                unanswered.inner = None;
+                r.map_err(|e| backend(format!("inference thread failed: {e}")))??
+            }
             _ = cancel.cancelled() => {
                 // Holds invariant 2: the worker stops this request at its
                 // next abort check (or skips it); the blocking thread reads
                 // that reply and frees the worker for the next request.
-                self.inner.cancel(id);
+                drop(unanswered);
                 drop(handle);
                 return Err(SttError::Cancelled);
             }

@@ -36,10 +36,13 @@ pub const EAGER_FIRST_CLAUSE_CHARS: usize = 24;
 /// at the word boundary after this many words (Piper's cost grows with the
 /// chunk: `VOICE_LATENCY_PIPER_CHUNKS=1 cargo bench --bench voice_latency`;
 /// and the model's tokens for the rest of the sentence are not waited for).
-/// 3 rather than 4: TTS first chunk 220 → 170 ms p50 in the voice-latency
-/// bench (README), and the rest of the sentence is ready before three words
-/// have played.
-pub const EAGER_FIRST_WORDS: usize = 3;
+/// 2 (was 4, then 3): a word boundary after a dangling word ("for", "the")
+/// is not a cut, so a 2-word chunk is "I'm sorry" or "The capital", never
+/// "I'm for". TTS first chunk after the first token, Piper, p50: 220–240 →
+/// 120–140 ms against 3 words, two alternate runs each (README), and the
+/// rest of the sentence is ready before two words have played (Piper
+/// synthesises a 2-word chunk in ≈ 85 ms for ≈ 850 ms of audio).
+pub const EAGER_FIRST_WORDS: usize = 2;
 /// The smallest useful `max_chars`; smaller values are raised to it.
 pub const MIN_MAX_CHARS: usize = 16;
 
