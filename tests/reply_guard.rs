@@ -75,7 +75,8 @@ fn a_phrase_loop_without_punctuation_ends_after_its_first_occurrence() {
     let (report, model) = answer(tokens);
     let (said, committed) = said_and_committed(&report);
     println!("said: {said:?}");
-    assert_eq!(said, vec!["The front of."]);
+    // (Chunks as spoken: the eager first chunk splits the sentence.)
+    assert_eq!(said.join(" "), "The front of.");
     check_stopped(&report, &model, &said, &committed);
 }
 
@@ -100,12 +101,8 @@ fn a_long_reply_ends_at_the_three_sentence_cap() {
     let (said, committed) = said_and_committed(&report);
     println!("said: {said:?}");
     assert_eq!(
-        said,
-        vec![
-            "One thing is true.",
-            "Another thing follows.",
-            "A third one comes."
-        ]
+        said.join(" "),
+        "One thing is true. Another thing follows. A third one comes."
     );
     check_stopped(&report, &model, &said, &committed);
 }

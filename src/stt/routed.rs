@@ -8,7 +8,9 @@
 //!    every attempt reads; nothing is written to disk.
 //! 2. A losing attempt is cancelled through its token (the Whisper worker
 //!    aborts its decode, a hosted request is dropped) — STT invariant 3
-//!    leaves every backend usable afterwards.
+//!    leaves every backend usable afterwards. The race drops a cancelled
+//!    attempt's future without polling it again, so the Whisper backend
+//!    also cancels on drop (`whisper.rs` invariant 2).
 //! 3. The served name is the winner's store key (`stt:provider/model`).
 
 use crate::llm::telemetry::Telemetry;
