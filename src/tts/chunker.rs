@@ -38,8 +38,8 @@ pub const EAGER_FIRST_CLAUSE_CHARS: usize = 24;
 /// and the model's tokens for the rest of the sentence are not waited for).
 /// 2 (was 4, then 3): a word boundary after a dangling word ("for", "the")
 /// is not a cut, so a 2-word chunk is "I'm sorry" or "The capital", never
-/// "I'm for". TTS first chunk after the first token, Piper, p50: 220–240 →
-/// 120–140 ms against 3 words, two alternate runs each (README), and the
+/// "I'm for". TTS first chunk after the first token, Piper, p50: 180–240 →
+/// 100–140 ms against 3 words in alternate runs (README), and the
 /// rest of the sentence is ready before two words have played (Piper
 /// synthesises a 2-word chunk in ≈ 85 ms for ≈ 850 ms of audio).
 pub const EAGER_FIRST_WORDS: usize = 2;
