@@ -223,6 +223,24 @@ async fn a_cancelled_transcription_returns_cancelled_and_the_backend_stays_usabl
     assert!(e * 5 < n, "backend unusable after cancel: {:?}", ok.text);
 }
 
+/// The cancel tests' set-up: a backend on the full window (the longest
+/// decode, the worst case to wait behind), the longest clip (to cancel) and
+/// another (the next request).
+fn cancel_setup(path: &Path, clips: &[Clip]) -> (WhisperStt, Vec<i16>, Vec<i16>) {
+    let config = WhisperConfig {
+        audio_ctx: AudioCtx::Full,
+        ..WhisperConfig::default()
+    };
+    let stt = WhisperStt::load(path, config).unwrap();
+    let long = clips
+        .iter()
+        .map(|c| read_wav(&c.path))
+        .max_by_key(Vec::len)
+        .unwrap();
+    let next = read_wav(&clips[1].path);
+    (stt, long, next)
+}
+
 /// Issue 14: a cancelled (speculative) decode frees the worker at once, so
 /// the confirmed turn's decode never waits behind it. Over a spread of
 /// cancel points (before the decode starts, early in the encoder, later),
@@ -235,18 +253,7 @@ fn a_cancelled_decode_stops_within_one_graph_node_and_the_next_is_not_delayed() 
     let (Some(path), Some(clips)) = (model(), clips()) else {
         return;
     };
-    // The full window: the longest decode, the worst case to wait behind.
-    let config = WhisperConfig {
-        audio_ctx: AudioCtx::Full,
-        ..WhisperConfig::default()
-    };
-    let stt = WhisperStt::load(&path, config).unwrap();
-    let long = clips
-        .iter()
-        .map(|c| read_wav(&c.path))
-        .max_by_key(Vec::len)
-        .unwrap();
-    let next = read_wav(&clips[1].path);
+    let (stt, long, next) = cancel_setup(&path, &clips);
     let t = Instant::now();
     let alone = stt.decode_blocking(&next, AudioCtx::Full).unwrap();
     let alone_ms = t.elapsed().as_millis();
@@ -311,17 +318,7 @@ async fn a_dropped_transcription_is_cancelled_in_the_worker() {
     let (Some(path), Some(clips)) = (model(), clips()) else {
         return;
     };
-    let config = WhisperConfig {
-        audio_ctx: AudioCtx::Full,
-        ..WhisperConfig::default()
-    };
-    let stt = std::sync::Arc::new(WhisperStt::load(&path, config).unwrap());
-    let long = clips
-        .iter()
-        .map(|c| read_wav(&c.path))
-        .max_by_key(Vec::len)
-        .unwrap();
-    let next = read_wav(&clips[1].path);
+    let (stt, long, next) = cancel_setup(&path, &clips);
     let alone = stt.decode_blocking(&next, AudioCtx::Full).unwrap();
     let never = CancellationToken::new();
     for delay_ms in [0u64, 30, 250] {
