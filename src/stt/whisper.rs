@@ -145,9 +145,10 @@ struct Inner {
     replies: Mutex<Replies>,
 }
 
-/// Counts of the worker's replies since load (the warm-up included): how
-/// requests ended, and the most graph nodes a cancelled decode ran after
-/// its cancel.
+/// How requests ended since load (the warm-up included), from the worker's
+/// replies: `cancelled_queued` also counts requests cancelled before they
+/// were sent; `max_checks_after_cancel` is the most graph nodes a cancelled
+/// decode ran after its cancel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Replies {
     pub transcribed: u64,
@@ -381,6 +382,9 @@ impl Inner {
         };
         if self.cancelled.lock().is_ok_and(|mut c| c.remove(&id)) {
             // Cancelled while it waited for the worker: never sent.
+            if let Ok(mut r) = self.replies.lock() {
+                r.cancelled_queued += 1;
+            }
             return Ok(Outcome::Cancelled {
                 running: false,
                 checks_after_cancel: 0,
