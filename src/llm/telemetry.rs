@@ -377,7 +377,7 @@ impl TelemetryStore {
         let n = rec.samples.len();
         let ok = rec.samples.iter().filter(|s| s.ok).count();
         let all: Vec<&Sample> = rec.samples.iter().collect();
-        let mut ttfts = latencies(&all);
+        let ttfts = latencies(&all);
         let recent: Vec<&Sample> = all
             .iter()
             .rev()
@@ -386,7 +386,6 @@ impl TelemetryStore {
             .copied()
             .collect();
         let recent = latencies(&recent);
-        ttfts.sort_unstable();
         let mut totals: Vec<u64> = rec
             .samples
             .iter()

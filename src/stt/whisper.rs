@@ -157,6 +157,27 @@ pub struct Replies {
     pub max_checks_after_cancel: u64,
 }
 
+impl Replies {
+    fn record(&mut self, outcome: &Outcome) {
+        match *outcome {
+            Outcome::Text(_) => self.transcribed += 1,
+            Outcome::Cancelled {
+                running,
+                checks_after_cancel,
+                ..
+            } => {
+                if running {
+                    self.cancelled_running += 1;
+                } else {
+                    self.cancelled_queued += 1;
+                }
+                self.max_checks_after_cancel =
+                    self.max_checks_after_cancel.max(checks_after_cancel);
+            }
+        }
+    }
+}
+
 fn model_err(path: &Path, reason: impl Into<String>) -> SttError {
     SttError::Model {
         model: format!("whisper-tiny.en ({})", path.display()),
@@ -374,17 +395,32 @@ impl Inner {
             .stdout
             .lock()
             .map_err(|_| backend("worker lock poisoned"))?;
-        if guard.is_none() {
-            *guard = Some(self.spawn()?);
+        let outcome = self.exchange(&mut guard, id, audio, ctx)?;
+        // Counted before the reply pipe is released, so a request that
+        // waited for the pipe sees every earlier request counted.
+        if let Ok(mut r) = self.replies.lock() {
+            r.record(&outcome);
         }
-        let Some(stdout) = guard.as_mut() else {
+        Ok(outcome)
+    }
+
+    /// Sends request `id` on the worker in `worker` (started if needed) and
+    /// reads its reply; a dead or out-of-step worker is cleared.
+    fn exchange(
+        &self,
+        worker: &mut Option<BufReader<ChildStdout>>,
+        id: u32,
+        audio: &[i16],
+        ctx: AudioCtx,
+    ) -> Result<Outcome, SttError> {
+        if worker.is_none() {
+            *worker = Some(self.spawn()?);
+        }
+        let Some(stdout) = worker.as_mut() else {
             return Err(backend("worker not running"));
         };
         if self.cancelled.lock().is_ok_and(|mut c| c.remove(&id)) {
             // Cancelled while it waited for the worker: never sent.
-            if let Ok(mut r) = self.replies.lock() {
-                r.cancelled_queued += 1;
-            }
             return Ok(Outcome::Cancelled {
                 running: false,
                 checks_after_cancel: 0,
@@ -419,43 +455,29 @@ impl Inner {
         let read = sent && matches!(stdout.read_line(&mut line), Ok(n) if n > 0);
         if !read {
             // The worker died (crashed, or killed): start anew next time.
-            *guard = None;
+            *worker = None;
             return Err(backend("the worker stopped"));
         }
         let v: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| backend(format!("bad reply from the worker: {e}")))?;
         if v.get("id").and_then(|i| i.as_u64()) != Some(u64::from(id)) {
             // Out of step with the worker: restart it rather than misattribute.
-            *guard = None;
+            *worker = None;
             return Err(backend(format!("reply {line:?} is not for request {id}")));
         }
         if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
             return Err(backend(err.to_string()));
         }
         let ms = Duration::from_millis(v.get("ms").and_then(|m| m.as_u64()).unwrap_or(0));
-        let mut replies = self.replies.lock().ok();
         if v.get("cancelled").and_then(|c| c.as_bool()) == Some(true) {
-            let running = v.get("at").and_then(|a| a.as_str()) == Some("running");
-            let checks_after_cancel = v
-                .get("checks_after_cancel")
-                .and_then(|c| c.as_u64())
-                .unwrap_or(0);
-            if let Some(r) = replies.as_deref_mut() {
-                if running {
-                    r.cancelled_running += 1;
-                } else {
-                    r.cancelled_queued += 1;
-                }
-                r.max_checks_after_cancel = r.max_checks_after_cancel.max(checks_after_cancel);
-            }
             return Ok(Outcome::Cancelled {
-                running,
-                checks_after_cancel,
+                running: v.get("at").and_then(|a| a.as_str()) == Some("running"),
+                checks_after_cancel: v
+                    .get("checks_after_cancel")
+                    .and_then(|c| c.as_u64())
+                    .unwrap_or(0),
                 elapsed: ms,
             });
-        }
-        if let Some(r) = replies.as_deref_mut() {
-            r.transcribed += 1;
         }
         Ok(Outcome::Text(Decode {
             text: v
